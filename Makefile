@@ -1,0 +1,75 @@
+# The snapdel patch queue: libvirt 11.3.0 + our series, built and run privately.
+#
+#   make run      install, build, start a private virtqemud + demo VM
+#   make check    every test: unit (meson test incl. syntax-check), series
+#                 lint, per-patch check, Debian apply check, end-to-end
+#
+# Developer workflow:
+#   make tree     git tree at build/libvirt: tag 'base' plus the series as commits
+#   make export   re-export patches/ from that tree (reproducible)
+#   make env      shell exports for the private daemon: eval "$(make -s env)"
+#   make stop     stop the daemons; running VMs keep running
+
+SHELL := /bin/bash
+S := scripts
+PYTHON := /usr/bin/python3
+E2E ?= tests/e2e
+PYTEST_ARGS ?=
+
+.PHONY: run stop status env deps base tree build export check unit lint \
+        check-series check-debian e2e bench clean distclean
+
+run: build
+	@$(S)/daemon.sh start
+	@$(S)/demo.sh
+
+stop:
+	@$(S)/daemon.sh stop
+
+status:
+	@$(S)/daemon.sh status
+
+env:
+	@$(S)/env.sh
+
+deps:
+	@$(S)/deps.sh
+
+base: deps
+	@$(S)/fetch-base.sh
+
+tree: base
+	@$(S)/tree.sh
+
+build: tree
+	@$(S)/build.sh
+
+export:
+	@$(S)/export.sh
+
+check: build
+	@$(MAKE) --no-print-directory lint unit check-series check-debian e2e
+
+unit:
+	@$(S)/unit.sh
+
+lint:
+	@$(S)/lint-series.sh
+
+check-series:
+	@$(S)/check-series.sh
+
+check-debian:
+	@$(S)/check-debian.sh
+
+e2e:
+	@$(S)/daemon.sh start
+	@eval "$$($(S)/env.sh)" && $(PYTHON) -m pytest -p no:cacheprovider $(E2E) $(PYTEST_ARGS)
+
+clean:
+	@$(S)/daemon.sh stop || true
+	rm -rf build/libvirt/build build/prefix build/series-check
+
+distclean:
+	@$(S)/daemon.sh stop || true
+	rm -rf build

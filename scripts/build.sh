@@ -1,0 +1,93 @@
+#!/bin/bash
+# Configure (once), build and install the work tree into the private prefix.
+# Only what this work needs is enabled: the QEMU driver, remote, libvirtd,
+# virtqemud, virtlogd, virsh and the tests.  ccache keeps rebuilds cheap.
+set -euo pipefail
+. "$(dirname "$0")/common.sh"
+
+[ -d "$TREE/.git" ] || die "no work tree at $TREE; run 'make tree' first"
+command -v ccache >/dev/null || die "ccache missing; run 'make deps'"
+export CC="ccache gcc"
+
+# The options that decide where the daemons keep their sockets are derived
+# from the checkout path; a moved checkout gets a fresh configuration.
+opts=(
+    --prefix="$PREFIX"
+    --libdir=lib
+    --localstatedir="$STATEDIR"
+    -Drunstatedir="$RUNDIR"
+    -Dsysconfdir="$PREFIX/etc"
+    -Dno_git=true
+    -Dsystem=false
+    -Ddocs=disabled
+    -Dtests=enabled
+    -Dexpensive_tests=disabled
+    -Dqemu_user=root
+    -Dqemu_group=root
+    -Ddriver_qemu=enabled
+    -Ddriver_remote=enabled
+    -Ddriver_libvirtd=enabled
+    -Ddriver_test=enabled
+    -Ddriver_network=disabled
+    -Ddriver_interface=disabled
+    -Ddriver_secrets=disabled
+    -Ddriver_lxc=disabled
+    -Ddriver_libxl=disabled
+    -Ddriver_ch=disabled
+    -Ddriver_vbox=disabled
+    -Ddriver_vmware=disabled
+    -Ddriver_vz=disabled
+    -Ddriver_esx=disabled
+    -Ddriver_hyperv=disabled
+    -Ddriver_openvz=disabled
+    -Ddriver_bhyve=disabled
+    -Dstorage_dir=disabled
+    -Dstorage_fs=disabled
+    -Dstorage_disk=disabled
+    -Dstorage_lvm=disabled
+    -Dstorage_iscsi=disabled
+    -Dstorage_iscsi_direct=disabled
+    -Dstorage_mpath=disabled
+    -Dstorage_rbd=disabled
+    -Dstorage_scsi=disabled
+    -Dstorage_gluster=disabled
+    -Dstorage_vstorage=disabled
+    -Dstorage_zfs=disabled
+    -Dudev=disabled
+    -Dpciaccess=disabled
+    -Dnss=disabled
+    -Dlogin_shell=disabled
+    -Dhost_validate=disabled
+    -Dwireshark_dissector=disabled
+    -Dsanlock=disabled
+    -Dpolkit=disabled
+    -Dapparmor=disabled
+    -Dsecdriver_apparmor=disabled
+    -Dselinux=disabled
+    -Dsecdriver_selinux=disabled
+    -Dfirewalld=disabled
+    -Dnbdkit=disabled
+    -Dssh_proxy=disabled
+    -Dinit_script=none
+    -Dbash_completion=disabled
+)
+stamp=$BUILDDIR/.snapdel-options
+want=$(printf '%s\n' "${opts[@]}")
+if [ ! -f "$BUILDDIR/build.ninja" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    say "configuring $BUILDDIR"
+    rm -rf "$BUILDDIR"
+    (cd "$TREE" && meson setup build "${opts[@]}") > "$BUILD/meson-setup.log" 2>&1 ||
+        die "meson setup failed; see $BUILD/meson-setup.log:
+$(tail -20 "$BUILD/meson-setup.log")"
+    echo "$want" > "$stamp"
+fi
+
+say "building $TREE"
+ninja -C "$BUILDDIR" > "$BUILD/ninja.log" 2>&1 ||
+    die "build failed; see $BUILD/ninja.log:
+$(grep -E 'error|FAILED' "$BUILD/ninja.log" | head -20)"
+
+if [ "${1:-}" != --no-install ]; then
+    ninja -C "$BUILDDIR" install > "$BUILD/install.log" 2>&1 ||
+        die "install failed; see $BUILD/install.log"
+fi

@@ -1,0 +1,44 @@
+#!/bin/bash
+# Cheap check, no build: does the series also apply on top of Debian trixie's
+# patched libvirt tree?  Debian's packaging tarball comes with the base; its
+# debian/patches are applied in quilt order onto 'base' in a scratch worktree,
+# then the series with 'git am', exactly as a packager dropping our patches
+# into debian/patches would stack them.
+set -euo pipefail
+. "$(dirname "$0")/common.sh"
+
+[ -d "$TREE/.git" ] || die "no work tree at $TREE; run 'make tree'"
+debtar=$(ls "$DL"/libvirt_"$LIBVIRT_VERSION"-*.debian.tar.xz 2>/dev/null | sort -V | tail -1)
+[ -n "$debtar" ] || die "no Debian packaging tarball in $DL; run 'make base'"
+
+wt=$BUILD/debian-check
+drop_worktree() {
+    git -C "$TREE" worktree remove --force "$wt" >/dev/null 2>&1 || rm -rf "$wt"
+    git -C "$TREE" worktree prune
+}
+drop_worktree
+scratch=$(mktemp -d "$BUILD/debian.XXXXXX")
+trap 'drop_worktree; rm -rf "$scratch"' EXIT
+tar -C "$scratch" -xJf "$debtar"
+git -C "$TREE" worktree add -q --detach "$wt" base
+
+n=0
+while read -r p; do
+    case "$p" in ''|\#*) continue ;; esac
+    p=${p%% *}
+    patch -d "$wt" -p1 --batch --silent --no-backup-if-mismatch \
+        < "$scratch/debian/patches/$p" > "$scratch/patch.log" 2>&1 ||
+        die "Debian's own patch $p does not apply to base:
+$(cat "$scratch/patch.log")"
+    n=$((n + 1))
+done < "$scratch/debian/patches/series"
+git -C "$wt" add -A
+git -C "$wt" -c user.name="$GIT_COMMITTER_NAME" -c user.email="$GIT_COMMITTER_EMAIL" \
+    commit -q -m "Debian $(basename "$debtar" .debian.tar.xz): $n patches from debian/patches"
+
+mapfile -t patches < <(series_patches)
+if [ ${#patches[@]} -gt 0 ] && ! git -C "$wt" am -q "${patches[@]}" > "$scratch/am.log" 2>&1; then
+    die "the series does not apply on Debian's patched tree ($n Debian patches):
+$(cat "$scratch/am.log")"
+fi
+echo "debian: ${#patches[@]} passed, 0 failed (series applies on $(basename "$debtar" .debian.tar.xz) with its $n patches)"

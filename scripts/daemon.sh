@@ -1,0 +1,132 @@
+#!/bin/bash
+# Start, stop or query the private virtlogd + virtqemud of this checkout.
+#
+#   daemon.sh start    write the configuration and start both daemons
+#   daemon.sh stop     stop both daemons; running domains keep running
+#   daemon.sh status
+#
+# The daemons run as root without systemd, cgroups, namespaces or a security
+# driver, with QEMU under TCG.  Their sockets live in $RUNDIR (short on
+# purpose, see common.sh); logs are in $STATEDIR/log.
+set -euo pipefail
+. "$(dirname "$0")/common.sh"
+
+SOCK_LOGD=$RUNDIR/libvirt/virtlogd-sock
+SOCK_QEMU=$RUNDIR/libvirt/virtqemud-sock
+PID_LOGD=$RUNDIR/virtlogd.pid
+PID_QEMU=$RUNDIR/virtqemud.pid
+LOGDIR=$STATEDIR/log
+
+alive() {
+    local pid
+    pid=$(cat "$1" 2>/dev/null) || return 1
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+}
+
+# Who listens on a unix socket path, if anyone does.
+socket_owner() {
+    ss -xlpH 2>/dev/null | awk -v s="$1" '$5 == s { print $0 }' | head -1
+}
+
+write_config() {
+    local etc=$PREFIX/etc/libvirt
+    mkdir -p "$etc" "$LOGDIR" "$STATEDIR/images"
+    cat > "$etc/qemu.conf" <<EOS
+# Written by the snapdel patch queue (scripts/daemon.sh); edits are lost.
+# Root without systemd, cgroups or namespaces; QEMU runs under TCG.
+user = "root"
+group = "root"
+security_driver = "none"
+cgroup_controllers = [ ]
+namespaces = [ ]
+remember_owner = 0
+EOS
+    cat > "$etc/virtqemud.conf" <<EOS
+# Written by the snapdel patch queue (scripts/daemon.sh); edits are lost.
+log_filters = "1:qemu.qemu_snapshot 1:qemu.qemu_block 1:qemu.qemu_blockjob 1:qemu.qemu_monitor 3:*"
+log_outputs = "1:file:$LOGDIR/virtqemud.log"
+EOS
+    cat > "$etc/virtlogd.conf" <<EOS
+# Written by the snapdel patch queue (scripts/daemon.sh); edits are lost.
+log_outputs = "3:file:$LOGDIR/virtlogd.log"
+EOS
+}
+
+wait_for() {
+    local what=$1 log=$2 pidfile=$3 tries=$4
+    shift 4
+    local i
+    for ((i = 0; i < tries; i++)); do
+        "$@" >/dev/null 2>&1 && return 0
+        if [ $i -gt 2 ] && ! alive "$pidfile"; then
+            break
+        fi
+        sleep 0.2
+    done
+    echo "error: $what did not come up; last lines of $log:" >&2
+    tail -25 "$log" >&2 || true
+    [ -f "$LOGDIR/$what.stderr" ] && tail -5 "$LOGDIR/$what.stderr" >&2
+    exit 1
+}
+
+start_one() {
+    local name=$1 pidfile=$2 sock=$3 owner
+    shift 3
+    if alive "$pidfile"; then
+        return 0
+    fi
+    owner=$(socket_owner "$sock")
+    if [ -n "$owner" ]; then
+        die "socket $sock is already in use by another process:
+$owner
+Stop that process, or remove it, before starting $name."
+    fi
+    rm -f "$pidfile"
+    "$PREFIX/sbin/$name" --daemon --pid-file "$pidfile" "$@" \
+        > "$LOGDIR/$name.stderr" 2>&1 ||
+        { echo "error: $name failed to start:" >&2; tail -20 "$LOGDIR/$name.stderr" >&2;
+          tail -20 "$LOGDIR/$name.log" >&2 2>/dev/null; exit 1; }
+}
+
+start() {
+    [ -x "$PREFIX/sbin/virtqemud" ] || die "no private build in $PREFIX; run 'make build'"
+    [ "$(id -u)" -eq 0 ] || die "the private daemons run as root"
+    mkdir -p "$RUNDIR/libvirt"
+    write_config
+    start_one virtlogd "$PID_LOGD" "$SOCK_LOGD"
+    wait_for virtlogd "$LOGDIR/virtlogd.log" "$PID_LOGD" 50 test -S "$SOCK_LOGD"
+    start_one virtqemud "$PID_QEMU" "$SOCK_QEMU"
+    # The first start probes QEMU's capabilities, which takes a few seconds
+    # under TCG; later starts read them from the cache.
+    wait_for virtqemud "$LOGDIR/virtqemud.log" "$PID_QEMU" 300 \
+        "$PREFIX/bin/virsh" -c qemu:///system version
+    say "virtlogd (pid $(cat "$PID_LOGD")) and virtqemud (pid $(cat "$PID_QEMU")) are running; sockets in $RUNDIR/libvirt"
+}
+
+stop_one() {
+    local name=$1 pidfile=$2 pid i
+    alive "$pidfile" || return 0
+    pid=$(cat "$pidfile")
+    kill -TERM "$pid"
+    for ((i = 0; i < 150; i++)); do
+        kill -0 "$pid" 2>/dev/null || { say "stopped $name (pid $pid)"; return 0; }
+        sleep 0.1
+    done
+    echo "warning: $name (pid $pid) ignored SIGTERM for 15 s; killing it" >&2
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+case "${1:-}" in
+    start) start ;;
+    stop)
+        stop_one virtqemud "$PID_QEMU"
+        stop_one virtlogd "$PID_LOGD"
+        ;;
+    status)
+        for n in virtlogd virtqemud; do
+            p=$RUNDIR/$n.pid
+            if alive "$p"; then echo "$n: running (pid $(cat "$p"))"; else echo "$n: stopped"; fi
+        done
+        ;;
+    *) die "usage: $0 start|stop|status" ;;
+esac

@@ -1,0 +1,19 @@
+#!/bin/bash
+# Install the Debian packages listed in scripts/packages.txt.  Cheap when they
+# are all present already: dpkg is asked first, apt only when something lacks.
+set -euo pipefail
+. "$(dirname "$0")/common.sh"
+
+mapfile -t pkgs < <(grep -v '^#' "$TOP/scripts/packages.txt" | sed '/^$/d')
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' ||
+        missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+[ "$(id -u)" -eq 0 ] || die "packages missing (${missing[*]}); run as root to install them"
+say "installing ${#missing[@]} packages: ${missing[*]}"
+apt-get update -q >/dev/null || die "apt-get update failed; check the machine's apt configuration"
+DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" ||
+    die "apt-get install failed for: ${missing[*]}"

@@ -1,0 +1,356 @@
+"""End-to-end harness: real virtqemud, virtlogd, QEMU (TCG) and qcow2 images.
+
+TestDomain drives a persistent domain of the private daemon: it writes into
+its disks (through QEMU's monitor while running, with qemu-io while shut off)
+and creates and deletes snapshots.  The Oracle keeps a model of what every
+disk and every snapshot must hold, and check() proves the model against the
+real images with qemu-img:
+
+  1. every live disk reads back its last writes;
+  2. every remaining snapshot's saved disk state (the disk sources in its
+     <domain>) reads back exactly what the disk held when it was taken;
+  3. snapshot parents and the current snapshot match the model;
+  4. no image or memory file in the domain's directory is left that nothing
+     references, and everything referenced exists;
+  5. every qcow2 image passes 'qemu-img check'.
+
+Disk contents are modelled as SLOTS slots of SLOT bytes; each write fills one
+slot with a single byte pattern, so an expected disk is a raw file that
+'qemu-img compare' checks byte for byte.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+
+import libvirt
+import libvirt_qemu
+
+SLOT = 1024 * 1024
+SLOTS = 16
+DISK_SIZE = SLOT * SLOTS
+
+DELETE_CHILDREN = libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_CHILDREN
+DELETE_CHILDREN_ONLY = libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_CHILDREN_ONLY
+DELETE_METADATA = libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY
+
+
+def run(*argv, check=True):
+    """Run a command; on failure raise with its output, which pytest shows."""
+    p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True)
+    if check and p.returncode != 0:
+        raise AssertionError("%s failed (%d):\n%s" % (" ".join(argv),
+                                                       p.returncode, p.stdout))
+    return p
+
+
+def virsh(*args, check=True):
+    return run("virsh", *args, check=check)
+
+
+def disk_alias(target):
+    """libvirt's alias for a virtio disk: vda -> virtio-disk0."""
+    return "virtio-disk%d" % (ord(target[-1]) - ord("a"))
+
+
+def image_chain(path):
+    """The files of an image's backing chain, top first, as qemu-img sees it."""
+    out = run("qemu-img", "info", "-U", "--backing-chain", "--output=json",
+              path).stdout
+    return [i["filename"] for i in json.loads(out)]
+
+
+def create_image(path, backing=None, size=DISK_SIZE):
+    argv = ["qemu-img", "create", "-q", "-f", "qcow2"]
+    if backing:
+        argv += ["-F", "qcow2", "-b", backing]
+    argv.append(path)
+    if not backing:
+        argv.append(str(size))
+    run(*argv)
+    return path
+
+
+class TestDomain:
+    """A persistent domain with qcow2 disks in its own directory."""
+
+    def __init__(self, conn, name, workdir, disks=("vda",), images=None):
+        self.conn = conn
+        self.name = name
+        self.dir = workdir
+        self.disks = list(disks)
+        os.makedirs(self.dir, exist_ok=True)
+        images = images or {}
+        xml_disks = []
+        for d in self.disks:
+            path = images.get(d) or create_image(
+                os.path.join(self.dir, "%s-%s.qcow2" % (name, d)))
+            xml_disks.append(
+                "<disk type='file' device='disk'>"
+                "<driver name='qemu' type='qcow2'/>"
+                "<source file='%s'/><target dev='%s' bus='virtio'/>"
+                "</disk>" % (path, d))
+        xml = ("<domain type='qemu'><name>%s</name>"
+               "<memory unit='MiB'>64</memory><vcpu>1</vcpu>"
+               "<os><type arch='x86_64' machine='pc'>hvm</type></os>"
+               "<devices><emulator>/usr/bin/qemu-system-x86_64</emulator>%s"
+               "<memballoon model='none'/></devices></domain>"
+               % (name, "".join(xml_disks)))
+        self.dom = conn.defineXML(xml)
+
+    # -- state -------------------------------------------------------------
+    def running(self):
+        return self.dom.isActive() == 1
+
+    def start(self):
+        self.dom.create()
+
+    def stop(self):
+        if self.running():
+            self.dom.destroy()
+
+    def xml(self):
+        return ET.fromstring(self.dom.XMLDesc(0))
+
+    def top(self, target):
+        """The file of the disk's active layer."""
+        src = self.xml().find("devices/disk[target/@dev='%s']/source" % target)
+        return src.get("file")
+
+    def tops(self):
+        return {d: self.top(d) for d in self.disks}
+
+    # -- data --------------------------------------------------------------
+    def write(self, target, slot, pattern):
+        off, ln = slot * SLOT, SLOT
+        if self.running():
+            dev = "/machine/peripheral/%s/virtio-backend" % disk_alias(target)
+            for cmd in ("write -P %d %d %d" % (pattern, off, ln), "flush"):
+                out = libvirt_qemu.qemuMonitorCommand(
+                    self.dom, 'qemu-io -d %s "%s"' % (dev, cmd),
+                    libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+                if cmd.startswith("write") and "wrote" not in out:
+                    raise AssertionError("qemu-io %s on %s: %s" % (cmd, target, out))
+        else:
+            run("qemu-io", "-f", "qcow2", "-c",
+                "write -P %d %d %d" % (pattern, off, ln), self.top(target))
+
+    # -- snapshots ---------------------------------------------------------
+    def snapshot_xml(self, name, disks=None, memory=None):
+        """External snapshot XML; @disks maps target -> 'external' or 'no'."""
+        disks = disks or {d: "external" for d in self.disks}
+        parts = []
+        for d in self.disks:
+            kind = disks.get(d, "no")
+            if kind == "external":
+                parts.append("<disk name='%s' snapshot='external'>"
+                             "<driver type='qcow2'/><source file='%s'/></disk>"
+                             % (d, os.path.join(self.dir, "%s-%s.%s" % (self.name, d, name))))
+            else:
+                parts.append("<disk name='%s' snapshot='no'/>" % d)
+        mem = ("<memory snapshot='external' file='%s'/>" % memory if memory
+               else "<memory snapshot='no'/>")
+        return ("<domainsnapshot><name>%s</name>%s<disks>%s</disks>"
+                "</domainsnapshot>" % (name, mem, "".join(parts)))
+
+    def snapshot(self, name, disks=None, memory=None):
+        flags = 0 if memory else libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
+        return self.dom.snapshotCreateXML(self.snapshot_xml(name, disks, memory), flags)
+
+    def delete(self, name, flags=0):
+        self.dom.snapshotLookupByName(name).delete(flags)
+
+    def snapshot_names(self):
+        return sorted(s.getName() for s in self.dom.listAllSnapshots())
+
+    def cleanup(self):
+        try:
+            self.stop()
+        except libvirt.libvirtError:
+            pass
+        try:
+            for s in self.dom.listAllSnapshots():
+                try:
+                    s.delete(DELETE_METADATA)
+                except libvirt.libvirtError:
+                    pass
+            self.dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+        except libvirt.libvirtError:
+            pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Oracle:
+    """The model of what every disk and snapshot must hold, and its proof."""
+
+    def __init__(self, td, refdir, live=None):
+        self.td = td
+        self.refdir = refdir
+        os.makedirs(refdir, exist_ok=True)
+        # live[target] = list of SLOTS patterns (0 = never written)
+        self.live = {d: list((live or {}).get(d, [0] * SLOTS)) for d in td.disks}
+        # snaps[name] = {"parent": str|None, "disks": {target: slots},
+        #                "memory": path|None}
+        self.snaps = {}
+        self.current = None
+        self.pattern = 0
+
+    # -- actions that change the model and the domain together -------------
+    def write(self, target, slot):
+        self.pattern = self.pattern % 255 + 1
+        self.td.write(target, slot, self.pattern)
+        self.live[target][slot] = self.pattern
+        return self.pattern
+
+    def write_all(self, slot):
+        for d in self.td.disks:
+            self.write(d, slot)
+
+    def snapshot(self, name, disks=None, memory=None):
+        self.td.snapshot(name, disks, memory)
+        disks = disks or {d: "external" for d in self.td.disks}
+        self.snaps[name] = {
+            "parent": self.current,
+            "disks": {d: list(self.live[d]) for d, k in disks.items()
+                      if k == "external"},
+            "memory": memory,
+        }
+        self.current = name
+
+    def children(self, name):
+        return [n for n, s in self.snaps.items() if s["parent"] == name]
+
+    def descendants(self, name):
+        out = []
+        for c in self.children(name):
+            out += [c] + self.descendants(c)
+        return out
+
+    def deleted(self, name, flags=0):
+        """Apply the API's tree semantics of a successful delete to the model."""
+        parent = self.snaps[name]["parent"]
+        if flags & DELETE_CHILDREN_ONLY:
+            gone, heir = self.descendants(name), name
+        elif flags & DELETE_CHILDREN:
+            gone, heir = [name] + self.descendants(name), parent
+        else:
+            gone, heir = [name], parent
+            for c in self.children(name):
+                self.snaps[c]["parent"] = parent
+        if self.current in gone:
+            self.current = heir
+        for g in gone:
+            del self.snaps[g]
+
+    def delete(self, name, flags=0):
+        self.td.delete(name, flags)
+        self.deleted(name, flags)
+
+    # -- proof --------------------------------------------------------------
+    def _reference(self, slots):
+        path = os.path.join(self.refdir, "ref-" + "-".join("%02x" % p for p in slots) + ".raw")
+        if not os.path.exists(path):
+            with open(path + ".tmp", "wb") as f:
+                f.truncate(DISK_SIZE)
+                for i, p in enumerate(slots):
+                    if p:
+                        f.seek(i * SLOT)
+                        f.write(bytes([p]) * SLOT)
+            os.rename(path + ".tmp", path)
+        return path
+
+    def _compare(self, what, image, slots):
+        p = run("qemu-img", "compare", "-U", "-f", "qcow2", "-F", "raw",
+                image, self._reference(slots), check=False)
+        assert p.returncode == 0, "%s (%s) does not hold what the model says:\n%s" % (
+            what, image, p.stdout)
+
+    def snapshot_sources(self, name):
+        """target -> file of the disk in the snapshot's saved <domain>."""
+        snap = self.td.dom.snapshotLookupByName(name)
+        x = ET.fromstring(snap.getXMLDesc(0))
+        out = {}
+        for disk in x.findall("domain/devices/disk"):
+            src = disk.find("source")
+            if src is not None and src.get("file"):
+                out[disk.find("target").get("dev")] = src.get("file")
+        overlays = [d.find("source").get("file")
+                    for d in x.findall("disks/disk[@snapshot='external']")
+                    if d.find("source") is not None]
+        mem = x.find("memory[@snapshot='external']")
+        return out, overlays, (mem.get("file") if mem is not None else None)
+
+    def check(self):
+        td = self.td
+        # 3. the tree
+        assert td.snapshot_names() == sorted(self.snaps), "snapshot list"
+        for name, s in self.snaps.items():
+            snap = td.dom.snapshotLookupByName(name)
+            try:
+                parent = snap.getParent().getName()
+            except libvirt.libvirtError:
+                parent = None
+            assert parent == s["parent"], "parent of %s is %s, model says %s" % (
+                name, parent, s["parent"])
+        if self.current:
+            assert td.dom.hasCurrentSnapshot() == 1, "no current snapshot"
+            assert td.dom.snapshotCurrent().getName() == self.current
+        else:
+            assert td.dom.hasCurrentSnapshot() == 0, "a current snapshot exists"
+
+        referenced = set()
+        # 1. live disks
+        for d, top in td.tops().items():
+            self._compare("live disk %s" % d, top, self.live[d])
+            referenced.update(image_chain(top))
+        # 2. every snapshot's saved state
+        for name, s in self.snaps.items():
+            sources, overlays, mem = self.snapshot_sources(name)
+            for d, slots in s["disks"].items():
+                self._compare("snapshot %s disk %s" % (name, d), sources[d], slots)
+            for f in list(sources.values()) + overlays:
+                if os.path.exists(f):
+                    referenced.update(image_chain(f))
+            if s["memory"]:
+                assert mem == s["memory"]
+                assert os.path.exists(mem), "memory file of %s is gone" % name
+                referenced.add(mem)
+        # 4. no leaks, nothing missing
+        present = {os.path.join(td.dir, f) for f in os.listdir(td.dir)}
+        leaked = sorted(present - referenced)
+        assert not leaked, "files nothing references: %s" % leaked
+        missing = sorted(f for f in referenced if not os.path.exists(f))
+        assert not missing, "referenced files missing: %s" % missing
+        # 5. image consistency
+        for f in sorted(present):
+            if open(f, "rb").read(4) == b"QFI\xfb":
+                p = run("qemu-img", "check", "-U", "-f", "qcow2", f, check=False)
+                assert p.returncode == 0, "qemu-img check %s:\n%s" % (f, p.stdout)
+
+
+def error_of(fn, *args):
+    """Call fn and return the libvirtError it must raise."""
+    try:
+        fn(*args)
+    except libvirt.libvirtError as e:
+        return e
+    raise AssertionError("%s%r succeeded, but must fail" % (fn.__name__, args))
+
+
+def files_state(directory):
+    """Sizes and mtimes of a directory's files, to prove nothing changed."""
+    out = {}
+    for f in sorted(os.listdir(directory)):
+        st = os.stat(os.path.join(directory, f))
+        out[f] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def short_name(nodeid):
+    """A domain name from a test id, short and safe."""
+    name = re.sub(r"[^A-Za-z0-9]+", "-", nodeid.split("::")[-1]).strip("-")
+    return name[-40:]
