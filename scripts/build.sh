@@ -72,7 +72,7 @@ opts=(
     -Dbash_completion=disabled
 )
 stamp=$BUILDDIR/.snapdel-options
-want=$(printf '%s\n' "${opts[@]}")
+want=$(printf '%s\n' "${opts[@]}"; echo "# python3: $(command -v python3)")
 if [ ! -f "$BUILDDIR/build.ninja" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     say "configuring $BUILDDIR"
     rm -rf "$BUILDDIR"

@@ -28,6 +28,7 @@ if [ ! -d "$wt/.git" ] && [ ! -f "$wt/.git" ]; then
     git -C "$TREE" worktree prune
     git -C "$TREE" worktree add -q --detach "$wt" base
     # The worktree needs the unpacked subproject too (it is not in git).
+    mkdir -p "$wt/subprojects"
     cp -a "$TREE/subprojects/keycodemapdb" "$wt/subprojects/"
 fi
 
@@ -39,8 +40,7 @@ for c in "${commits[@]}"; do
     say "patch $i/$total: $subj"
     git -C "$wt" checkout -q --detach "$c"
     if [ ! -f "$wt/build/build.ninja" ]; then
-        opts=$(cat "$BUILDDIR/.snapdel-options")
-        mapfile -t optv <<< "$opts"
+        mapfile -t optv < <(grep -v '^#' "$BUILDDIR/.snapdel-options")
         (cd "$wt" && CC="ccache gcc" meson setup build "${optv[@]}") > "$BUILD/series-setup.log" 2>&1 ||
             die "meson setup failed in $wt (see $BUILD/series-setup.log)"
     fi

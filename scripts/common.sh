@@ -19,12 +19,19 @@ PREFIX=$BUILD/prefix
 SERIES=$TOP/patches/series
 
 # Unix socket paths are limited to 108 bytes and CI clones into paths we do
-# not control, so the daemons' state lives outside the checkout, in short
-# directories named after a hash of the checkout's path.  Two checkouts on one
-# machine therefore never share a daemon.
+# not control, so the daemons' state lives outside the checkout, in a short
+# directory named after a hash of the checkout's path: two checkouts on one
+# machine never share a daemon.  runstatedir must be $STATEDIR/run: that is
+# where libvirt's client looks for the daemons' sockets (LOCALSTATEDIR/run,
+# see src/remote/remote_sockets.c), while the daemons use RUNSTATEDIR.
 STATE_ID=$(printf '%s' "$TOP" | sha256sum | cut -c1-8)
 STATEDIR=/var/lib/snapdel/$STATE_ID
-RUNDIR=/run/snapdel/$STATE_ID
+RUNDIR=$STATEDIR/run
+
+# Debian's interpreter and tools come first: meson's python3 (for libvirt's
+# own scripts and its pytest-based tests) must be the one apt installs
+# python3-pytest and python3-libvirt for, not another one earlier on PATH.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 
 # ccache, shared by the work tree's build and the per-patch worktree: paths
 # below $BUILD are hashed relative to it, and the build directory is not

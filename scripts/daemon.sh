@@ -5,6 +5,9 @@
 #   daemon.sh stop     stop both daemons; running domains keep running
 #   daemon.sh status
 #
+# VIRTQEMUD_CONF_EXTRA, if set, is appended to virtqemud.conf (for example
+# more log_filters while debugging).
+#
 # The daemons run as root without systemd, cgroups, namespaces or a security
 # driver, with QEMU under TCG.  Their sockets live in $RUNDIR (short on
 # purpose, see common.sh); logs are in $STATEDIR/log.
@@ -45,6 +48,7 @@ EOS
 # Written by the snapdel patch queue (scripts/daemon.sh); edits are lost.
 log_filters = "1:qemu.qemu_snapshot 1:qemu.qemu_block 1:qemu.qemu_blockjob 1:qemu.qemu_monitor 3:*"
 log_outputs = "1:file:$LOGDIR/virtqemud.log"
+${VIRTQEMUD_CONF_EXTRA:-}
 EOS
     cat > "$etc/virtlogd.conf" <<EOS
 # Written by the snapdel patch queue (scripts/daemon.sh); edits are lost.

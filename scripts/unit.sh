@@ -14,9 +14,9 @@ meson test -C "$dir" --no-rebuild --print-errorlogs --num-processes "$(nproc)" \
 }
 # Print meson's own summary, then the plain closing line CI reads.
 sed -n '/^Ok:/,/^Timeout:/p' "$dir/meson-test.log"
-ok=$(sed -n 's/^Ok: *\([0-9]*\)/\1/p' "$dir/meson-test.log")
-fail=$(sed -n 's/^Fail: *\([0-9]*\)/\1/p' "$dir/meson-test.log")
-skip=$(sed -n 's/^Skipped: *\([0-9]*\)/\1/p' "$dir/meson-test.log")
+ok=$(sed -n 's/^Ok: *\([0-9]*\)/\1/p' "$dir/meson-test.log" | tr -d ' ')
+fail=$(sed -n 's/^Fail: *\([0-9]*\)/\1/p' "$dir/meson-test.log" | tr -d ' ')
+skip=$(sed -n 's/^Skipped: *\([0-9]*\)/\1/p' "$dir/meson-test.log" | tr -d ' ')
 sc=$(grep -c 'libvirt:syntax-check' "$dir/meson-test.log" || true)
 echo "syntax-check suite: $sc tests"
 echo "unit: $ok passed, $fail failed, $skip skipped"
