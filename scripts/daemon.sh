@@ -73,11 +73,26 @@ wait_for() {
     exit 1
 }
 
+# Debug logs of the QEMU monitor grow quickly; keep one old generation.
+rotate() {
+    local f=$1
+    if [ -f "$f" ] && [ "$(stat -c %s "$f")" -gt $((64 * 1024 * 1024)) ]; then
+        mv -f "$f" "$f.1"
+    fi
+}
+
 start_one() {
     local name=$1 pidfile=$2 sock=$3 owner
     shift 3
     if alive "$pidfile"; then
-        return 0
+        # A daemon older than its binary would test yesterday's build.
+        if [ -n "$(find "$PREFIX/sbin/$name" "$PREFIX/lib" -newer "$pidfile" \
+                   -name "$name" -o -newer "$pidfile" -name '*.so*' | head -1)" ]; then
+            say "$name was rebuilt since it started; restarting it"
+            stop_one "$name" "$pidfile"
+        else
+            return 0
+        fi
     fi
     owner=$(socket_owner "$sock")
     if [ -n "$owner" ]; then
@@ -86,6 +101,7 @@ $owner
 Stop that process, or remove it, before starting $name."
     fi
     rm -f "$pidfile"
+    rotate "$LOGDIR/$name.log"
     "$PREFIX/sbin/$name" --daemon --pid-file "$pidfile" "$@" \
         > "$LOGDIR/$name.stderr" 2>&1 ||
         { echo "error: $name failed to start:" >&2; tail -20 "$LOGDIR/$name.stderr" >&2;
