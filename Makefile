@@ -17,7 +17,7 @@ E2E ?= tests/e2e
 PYTEST_ARGS ?=
 
 .PHONY: run stop status env deps base tree build export check unit lint \
-        check-series check-debian e2e bench clean distclean
+        check-series check-debian e2e clean distclean
 
 run: build
 	@$(S)/daemon.sh start

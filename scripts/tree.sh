@@ -19,7 +19,9 @@ if [ -d "$TREE/.git" ]; then
 Export it with 'make export', or recreate it from patches/ with 'make tree FORCE=1'."
     fi
     say "recreating $TREE from patches/ (FORCE=1)"
-    # Keep the build directory so that ccache and ninja stay warm.
+    # Keep the build directory so that ninja and ccache stay warm; the
+    # worktrees of the old repository go with it.
+    rm -rf "$BUILD/series-check" "$BUILD/debian-check"
     find "$TREE" -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +
 fi
 
