@@ -4,10 +4,26 @@
 # virtqemud, virtlogd, virsh and the tests.  The storage driver's dir and fs
 # backends are on only because virstoragetest, which covers backing chain
 # detection, is built with them.  ccache keeps rebuilds cheap.
+#
+#   build.sh [--no-install] [SRCDIR]
+#
+# SRCDIR defaults to the work tree; scripts/check-series.sh builds its
+# worktree with the very same options this way.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
-[ -d "$TREE/.git" ] || die "no work tree at $TREE; run 'make tree' first"
+install=1
+src=$TREE
+for a in "$@"; do
+    case "$a" in
+        --no-install) install=0 ;;
+        *) src=$a ;;
+    esac
+done
+builddir=$src/build
+logs=$BUILD/$(basename "$src")
+
+[ -d "$src/.git" ] || [ -f "$src/.git" ] || die "no git tree at $src; run 'make tree' first"
 command -v ccache >/dev/null || die "ccache missing; run 'make deps'"
 export CC="ccache gcc"
 
@@ -73,32 +89,32 @@ opts=(
     -Dinit_script=none
     -Dbash_completion=disabled
 )
-stamp=$BUILDDIR/.snapdel-options
+stamp=$builddir/.snapdel-options
 want=$(printf '%s\n' "${opts[@]}"; echo "# python3: $(command -v python3)")
-if [ ! -f "$BUILDDIR/build.ninja" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    say "configuring $BUILDDIR"
-    rm -rf "$BUILDDIR"
-    (cd "$TREE" && meson setup build "${opts[@]}") > "$BUILD/meson-setup.log" 2>&1 ||
-        die "meson setup failed; see $BUILD/meson-setup.log:
-$(tail -20 "$BUILD/meson-setup.log")"
+if [ ! -f "$builddir/build.ninja" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    say "configuring $builddir"
+    rm -rf "$builddir"
+    (cd "$src" && meson setup build "${opts[@]}") > "$logs-meson-setup.log" 2>&1 ||
+        die "meson setup failed; see $logs-meson-setup.log:
+$(tail -20 "$logs-meson-setup.log")"
     echo "$want" > "$stamp"
 fi
 
-say "building $TREE"
-ninja -C "$BUILDDIR" > "$BUILD/ninja.log" 2>&1 ||
-    die "build failed; see $BUILD/ninja.log:
-$(grep -E 'error|FAILED' "$BUILD/ninja.log" | head -20)"
+say "building $src"
+ninja -C "$builddir" > "$logs-ninja.log" 2>&1 ||
+    die "build failed; see $logs-ninja.log:
+$(grep -E 'error|FAILED' "$logs-ninja.log" | head -20)"
+
+[ $install = 1 ] || exit 0
 
 # Install only what changed: meson rewrites the rpath of every installed
 # binary, and the daemons are restarted when their files are newer than
 # they are (scripts/daemon.sh).
-installed=$BUILDDIR/.snapdel-installed
-if grep -q '^ninja: no work to do' "$BUILD/ninja.log" && [ -f "$installed" ]; then
+installed=$builddir/.snapdel-installed
+if grep -q '^ninja: no work to do' "$logs-ninja.log" && [ -f "$installed" ]; then
     exit 0
 fi
-if [ "${1:-}" != --no-install ]; then
-    rm -f "$installed"
-    ninja -C "$BUILDDIR" install > "$BUILD/install.log" 2>&1 ||
-        die "install failed; see $BUILD/install.log"
-    touch "$installed"
-fi
+rm -f "$installed"
+ninja -C "$builddir" install > "$logs-install.log" 2>&1 ||
+    die "install failed; see $logs-install.log"
+touch "$installed"

@@ -39,18 +39,9 @@ for c in "${commits[@]}"; do
     subj=$(git -C "$TREE" log -1 --format=%s "$c")
     say "patch $i/$total: $subj"
     git -C "$wt" checkout -q --detach "$c"
-    # Same options as the work tree's build (scripts/build.sh stamps them).
-    if [ ! -f "$wt/build/build.ninja" ] ||
-       ! cmp -s "$BUILDDIR/.snapdel-options" "$wt/build/.snapdel-options"; then
-        rm -rf "$wt/build"
-        mapfile -t optv < <(grep -v '^#' "$BUILDDIR/.snapdel-options")
-        (cd "$wt" && CC="ccache gcc" meson setup build "${optv[@]}") > "$BUILD/series-setup.log" 2>&1 ||
-            die "meson setup failed in $wt (see $BUILD/series-setup.log)"
-        cp "$BUILDDIR/.snapdel-options" "$wt/build/.snapdel-options"
-    fi
-    ninja -C "$wt/build" > "$BUILD/series-ninja.log" 2>&1 ||
+    "$TOP/scripts/build.sh" --no-install "$wt" 2> "$BUILD/series-check.err" ||
         die "patch $i/$total '$subj' does not build:
-$(grep -E 'error|FAILED' "$BUILD/series-ninja.log" | head -20)"
+$(grep -v '^==>' "$BUILD/series-check.err")"
     "$TOP/scripts/unit.sh" "$wt/build" >/dev/null ||
         die "patch $i/$total '$subj' builds, but meson test fails (log: $wt/build/meson-test.log)"
     passed=$((passed + 1))
