@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 
 import libvirt
 import libvirt_qemu
@@ -62,6 +63,15 @@ def image_chain(path):
     out = run("qemu-img", "info", "-U", "--backing-chain", "--output=json",
               path).stdout
     return [i["filename"] for i in json.loads(out)]
+
+
+def stamp(path):
+    """What changes whenever a file is written or replaced (None: missing)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 def create_image(path, backing=None, size=DISK_SIZE):
@@ -201,6 +211,8 @@ class Oracle:
         self.current = None
         self.pattern = 0
         self.checked = {}           # path -> (size, mtime, inode) checked clean
+        self.chains = {}            # path -> [(file, stamp)] of its chain
+        self.seen = {}              # path -> chain, within one check()
 
     # -- actions that change the model and the domain together -------------
     def write(self, target, slot):
@@ -287,8 +299,30 @@ class Oracle:
         mem = x.find("memory[@snapshot='external']")
         return out, overlays, (mem.get("file") if mem is not None else None)
 
+    def _chain(self, path):
+        """image_chain(path), asked of qemu-img again only when a file of the
+        chain was written or replaced since (a backing file is named in its
+        overlay's header, so the chain cannot change otherwise).  File
+        timestamps are coarse (a clock tick): a file written in the last
+        second could be written again without its stamp changing, so a chain
+        with such a file is not cached."""
+        if path in self.seen:       # asked before in this check()
+            return self.seen[path]
+        hit = self.chains.get(path)
+        if hit and all(stamp(f) == s for f, s in hit):
+            return [f for f, _ in hit]
+        files = image_chain(path)
+        stamps = [(f, stamp(f)) for f in files]
+        if all(s and time.time_ns() - s[1] > 10**9 for _, s in stamps):
+            self.chains[path] = stamps
+        else:
+            self.chains.pop(path, None)
+        self.seen[path] = files
+        return files
+
     def check(self):
         td = self.td
+        self.seen = {}
         # 3. the tree
         assert td.snapshot_names() == sorted(self.snaps), "snapshot list"
         for name, s in self.snaps.items():
@@ -309,7 +343,7 @@ class Oracle:
         # 1. live disks
         for d, top in td.tops().items():
             self._compare("live disk %s" % d, top, self.live[d])
-            referenced.update(image_chain(top))
+            referenced.update(self._chain(top))
         # 2. every snapshot's saved state
         for name, s in self.snaps.items():
             sources, overlays, mem = self.snapshot_sources(name)
@@ -317,7 +351,7 @@ class Oracle:
                 self._compare("snapshot %s disk %s" % (name, d), sources[d], slots)
             for f in list(sources.values()) + overlays:
                 if os.path.exists(f):
-                    referenced.update(image_chain(f))
+                    referenced.update(self._chain(f))
             if s["memory"]:
                 assert mem == s["memory"]
                 assert os.path.exists(mem), "memory file of %s is gone" % name
