@@ -9,6 +9,8 @@
 #   make export   re-export patches/ from that tree (reproducible)
 #   make env      shell exports for the private daemon: eval "$(make -s env)"
 #   make stop     stop the daemons; running VMs keep running
+#   make bench    time snapshot deletes: unpatched base vs. build/prefix vs. dd
+#                 (not part of make check; BENCH_REPS=5)
 
 SHELL := /bin/bash
 S := scripts
@@ -17,7 +19,7 @@ E2E ?= tests/e2e
 PYTEST_ARGS ?=
 
 .PHONY: run stop status env deps base tree build export check unit lint \
-        check-series check-debian e2e clean distclean
+        check-series check-debian e2e bench clean distclean
 
 run: build
 	@$(S)/daemon.sh start
@@ -65,6 +67,11 @@ check-debian:
 e2e:
 	@$(S)/daemon.sh start
 	@eval "$$($(S)/env.sh)" && $(PYTHON) -m pytest -p no:cacheprovider $(E2E) $(PYTEST_ARGS)
+
+# Measures the installed build/prefix as it is (no 'build' prerequisite: the
+# work tree may be mid-edit); builds only the unpatched base, under the lock.
+bench:
+	@$(S)/bench.sh
 
 clean:
 	@$(S)/daemon.sh stop || true

@@ -8,7 +8,9 @@
 #   build.sh [--no-install] [SRCDIR]
 #
 # SRCDIR defaults to the work tree; scripts/check-series.sh builds its
-# worktree with the very same options this way.
+# worktree with the very same options this way.  With SNAPDEL_INSTANCE set
+# (see common.sh) SRCDIR is required and is installed into that instance's
+# prefix; scripts/bench.sh builds the unpatched base so.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
@@ -21,6 +23,11 @@ for a in "$@"; do
     esac
 done
 builddir=$src/build
+# An instance's options differ from the work tree's: building the work tree
+# for it would reconfigure (wipe) the work tree's build directory.
+if [ -n "$INSTANCE" ] && [ "$(cd "$src" 2>/dev/null && pwd -P)" = "$(cd "$TREE" 2>/dev/null && pwd -P)" ]; then
+    die "SNAPDEL_INSTANCE=$INSTANCE: give the instance's own tree, not the work tree $TREE"
+fi
 logs=$BUILD/$(basename "$src")
 
 [ -d "$src/.git" ] || [ -f "$src/.git" ] || die "no git tree at $src; run 'make tree' first"

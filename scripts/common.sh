@@ -26,6 +26,24 @@ SERIES=$TOP/patches/series
 # see src/remote/remote_sockets.c), while the daemons use RUNSTATEDIR.
 STATE_ID=$(printf '%s' "$TOP" | sha256sum | cut -c1-8)
 STATEDIR=/var/lib/snapdel/$STATE_ID
+
+# SNAPDEL_INSTANCE, unset by default, names a second install of this checkout
+# that runs side by side with the default one: its own prefix
+# ($BUILD/<instance>-prefix) and its own daemons' state and sockets
+# (/var/lib/snapdel/<id>-<instance>).  scripts/bench.sh builds the unpatched
+# base as instance 'base' from the worktree build/bench-base.  The source tree
+# is not derived from it: scripts/build.sh takes the instance's tree as its
+# argument and refuses to build the work tree into an instance's prefix.
+INSTANCE=${SNAPDEL_INSTANCE:-}
+if [ -n "$INSTANCE" ]; then
+    # short and plain: it becomes part of the daemons' socket paths
+    if ! [[ $INSTANCE =~ ^[a-z0-9]{1,16}$ ]]; then
+        echo "error: SNAPDEL_INSTANCE='$INSTANCE': use 1-16 of [a-z0-9]" >&2
+        exit 1
+    fi
+    PREFIX=$BUILD/$INSTANCE-prefix
+    STATEDIR=$STATEDIR-$INSTANCE
+fi
 RUNDIR=$STATEDIR/run
 
 # Debian's interpreter and tools come first: meson's python3 (for libvirt's
