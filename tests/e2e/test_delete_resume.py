@@ -562,6 +562,8 @@ def test_jobinfo_while_held(make_domain, workdir):
     assert isinstance(stats, dict), "virDomainGetJobStats while the delete is held: %s" % stats
     assert stats.get("type") == libvirt.VIR_DOMAIN_JOB_UNBOUNDED, stats
     assert stats.get("operation") == libvirt.VIR_DOMAIN_JOB_OPERATION_SNAPSHOT_DELETE, stats
+    # the bytes the plan copies: s2's overlay of each disk, allocated
+    assert stats.get("data_total", 0) > 0, stats
 
 
 # -- a journal that stays pending ---------------------------------------------
