@@ -28,9 +28,10 @@ sleep:
 
 * running (block commit in QEMU): strace holds the daemon's event loop at
   its n-th write to the domain's monitor socket (-P socket:[inode]), which
-  must be the expected QMP command.  Points: the first 'block-commit' (s2
-  and s3), 'job-finalize' (s2: non-active commit, finalized) and
-  'job-complete' (s3: active commit, pivoted).  Each in two modes:
+  must be the expected QMP command.  Points: every QMP command the delete
+  sends, at its first occurrence, plus the second disk's finishing commands
+  (ONLINE_POINTS lists them: 25 points).  Each point in mode 'unread', the
+  ones that change QEMU's state also in mode 'done':
 
     unread  held before the write; QEMU is SIGSTOPped, strace detached, and
             once the debug log shows the command written
@@ -43,20 +44,25 @@ sleep:
             is SIGKILLed: "QEMU did it, the daemon never heard".
 
 Shapes: delete the middle snapshot s2, the current snapshot s3, and
---children on the root s1, of s1 -> s2 -> s3 on vda + vdb with writes before
-every snapshot and over saved data afterwards.  Shut off, every shape runs at
-every point that exists for it (13 cases); running, the 2 x 2 points in both
-modes (8 cases).  After the restart the test waits (at most RESUME_TIMEOUT)
-until the journal is gone and the snapshot list is the model's, checks that
-the daemon resumed from the phase the kill point implies, proves every
-invariant with the oracle, writes to every disk and proves them again.
-The whole file takes about two minutes on 2 CPUs.
+--children on the root s1 (a subtree holding the current snapshot), of
+s1 -> s2 -> s3 on vda + vdb with writes before every snapshot and over saved
+data afterwards.  Shut off, every shape runs at every point that exists for
+it (13 cases); running, 25 points in 'unread' and 11 in 'done' mode (36
+cases).  Branched trees (test_delete_branched's): s2 merged off the live
+chain by qemu-img, shut off and running, and --children on the current
+s1 of a branched tree, merged by QEMU when running (11 cases).  After the
+restart the test waits (at most RESUME_TIMEOUT) until the journal is gone
+and the snapshot list is the model's, checks that the daemon resumed from
+the phase the kill point implies, proves every invariant with the oracle,
+writes to every disk and proves them again.  The whole file takes about
+six minutes on 2 CPUs.
 
 Also: what 'virsh domjobinfo' and virDomainGetJobStats report while a delete
 is held, and a delete whose resume at daemon start cannot finish (an image is
 unreachable for a moment), so that its journal stays pending
 deterministically: the next delete finishes it, and snapshots must not be
-created or reverted before.
+created or reverted before; starting the domain finishes it first, or is
+refused with the reason if it still cannot be finished.
 
 The tests kill the private daemon: do not run them alongside other e2e
 tests on the same daemon.
@@ -75,7 +81,8 @@ from faults import (
     OFFLINE_POINTS, PHASE, SHAPES, Deleter, Log, alive, chain, daemon_pid, hold_monitor_write,
     interrupt_offline, journal, kill_daemon, proven, qemu_pid, recv_queue, resume_lines,
     start_daemon, wait_resumed, wait_until)
-from harness import error_of, files_state
+from harness import DELETE_CHILDREN, error_of, files_state
+import test_delete_branched as branched
 
 hygiene = faults.hygiene        # autouse: a daemon, and no domain left over
 
@@ -355,4 +362,68 @@ def test_kill_running(make_domain, workdir, shape, command, nth, mode):
     assert td.running(), "the domain did not survive the daemon's death"
     wait_resumed(td, o, log, "data")
     assert not [d for d in td.disks if td.dom.blockJobInfo(d, 0)], "a block job is left"
+    proven(o)
+
+
+# -- branched trees -------------------------------------------------------------
+
+def offbranch_tree(make_domain, state):
+    """s1 -> s2 -> s3, revert to s1, s4: deleting s2 merges its image with
+    s3's by qemu-img, off the live chain, even while the domain runs
+    (test_delete_branched's first test)."""
+    td, o = branched.chain3(make_domain, state)
+    o.revert("s1")
+    o.write_all(8)
+    o.snapshot("s4")
+    o.write_all(9)
+    o.write_all(0)
+    o.check()
+    return td, o
+
+
+# shape -> (tree, victim, flags)
+BRANCHED = {"offbranch": (offbranch_tree, "s2", 0),
+            "children": (branched.branched, "s1", DELETE_CHILDREN)}
+BRANCHED_OFFLINE_POINTS = ["first-exec", "metadata", "cleanup"]
+
+
+def branched_offline_cases():
+    for shape in BRANCHED:
+        for state in ("shutoff", "running"):
+            if shape == "children" and state == "running":
+                continue        # merged by QEMU: test_kill_running_branched
+            for point in BRANCHED_OFFLINE_POINTS:
+                yield pytest.param(shape, state, point, id="%s-%s-%s" % (shape, state, point))
+
+
+@pytest.mark.parametrize("shape,state,point", list(branched_offline_cases()))
+def test_kill_branched(make_domain, workdir, shape, state, point):
+    """Branched trees, killed at the qemu-img and metadata points: shut
+    off, and running where qemu-img merges another branch's images while
+    QEMU runs."""
+    tree, victim, flags = BRANCHED[shape]
+    td, o = tree(make_domain, state)
+    interrupt_offline(td, victim, flags, point, workdir)
+    o.deleted(victim, flags)
+    log = Log()
+    start_daemon(td)
+    assert td.running() == (state == "running")
+    wait_resumed(td, o, log, PHASE[point])
+    proven(o)
+
+
+@pytest.mark.parametrize("command,nth,mode", [("block-commit", 1, "unread"),
+                                              ("job-complete", 4, "done")])
+def test_kill_running_branched(make_domain, workdir, command, nth, mode):
+    """--children on the current snapshot s1 of a branched tree, running:
+    s2's images are unlinked, and s1's, left with the live top as their only
+    child, merged with it by active commits."""
+    tree, victim, flags = BRANCHED["children"]
+    td, o = tree(make_domain, "running")
+    interrupt_online(td, victim, flags, command, nth, mode, workdir)
+    o.deleted(victim, flags)
+    log = Log()
+    start_daemon(td)
+    assert td.running()
+    wait_resumed(td, o, log, "data")
     proven(o)
