@@ -14,7 +14,9 @@ real images with qemu-img:
      back to what the snapshot saved, and it becomes current)
   4. no image or memory file in the domain's directory is left that nothing
      references, and everything referenced exists;
-  5. every qcow2 image passes 'qemu-img check'.
+  5. every qcow2 image passes 'qemu-img check', and holds exactly the
+     internal snapshots the model puts in it (an internal snapshot's data,
+     read out with 'qemu-img convert -l', is compared like any other).
 
 Disk contents are modelled as SLOTS slots of SLOT bytes; each write fills one
 slot with a single byte pattern, so an expected disk is a raw file that
@@ -176,6 +178,13 @@ class TestDomain:
         flags = 0 if memory else libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
         return self.dom.snapshotCreateXML(self.snapshot_xml(name, disks, memory), flags)
 
+    def snapshot_internal(self, name):
+        """An internal snapshot of every disk, as 'virsh snapshot-create-as'
+        takes it by default: in each disk's active layer (with the memory
+        state when running)."""
+        return self.dom.snapshotCreateXML(
+            "<domainsnapshot><name>%s</name></domainsnapshot>" % name, 0)
+
     def delete(self, name, flags=0):
         self.dom.snapshotLookupByName(name).delete(flags)
 
@@ -244,7 +253,8 @@ class Oracle:
         self.snaps = {}
         self.current = None
         self.pattern = 0
-        self.checked = {}           # path -> (size, mtime, inode) checked clean
+        self.checked = {}           # path -> ((size, mtime, inode) checked clean,
+                                    #          its internal snapshots)
         self.chains = {}            # path -> [(file, stamp)] of its chain
         self.seen = {}              # path -> chain, within one check()
 
@@ -267,6 +277,19 @@ class Oracle:
             "disks": {d: list(self.live[d]) for d, k in disks.items()
                       if k == "external"},
             "memory": memory,
+            "internal": False,
+        }
+        self.current = name
+
+    def snapshot_internal(self, name):
+        """Internal snapshot of every disk: its data lives inside the
+        disk's active layer."""
+        self.td.snapshot_internal(name)
+        self.snaps[name] = {
+            "parent": self.current,
+            "disks": {d: list(self.live[d]) for d in self.td.disks},
+            "memory": None,
+            "internal": True,
         }
         self.current = name
 
@@ -320,6 +343,12 @@ class Oracle:
         self.current = name
         assert self.td.running() == running, "revert to %s changed the domain's state" % name
         sources, _, _ = self.snapshot_sources(name)
+        if self.snaps[name].get("internal"):
+            # loaded into the image it lives in, which is the active layer
+            for d, top in self.td.tops().items():
+                assert top == sources[d], (
+                    "revert to internal %s runs %s on %s, not on %s" % (name, d, top, sources[d]))
+            return
         for d, top in self.td.tops().items():
             assert top != before[d], "revert to %s kept %s's overlay %s" % (name, d, top)
             assert not os.path.exists(before[d]), (
@@ -363,6 +392,29 @@ class Oracle:
                         f.write(bytes([p]) * SLOT)
             os.rename(path + ".tmp", path)
         return path
+
+    def _compare_internal(self, what, image, name, slots):
+        """An internal snapshot's data, as qemu-img reads it out of its
+        image."""
+        raw = os.path.join(self.refdir, "internal.raw")
+        p = run("qemu-img", "convert", "-U", "-f", "qcow2", "-l", "snapshot.name=" + name,
+                "-O", "raw", image, raw, check=False)
+        assert p.returncode == 0, "%s: no internal snapshot %s in %s:\n%s" % (
+            what, name, image, p.stdout)
+        try:
+            p = run("qemu-img", "compare", "-f", "raw", "-F", "raw", raw,
+                    self._reference(slots), check=False)
+        finally:
+            os.unlink(raw)
+        assert p.returncode == 0, "%s (%s in %s) does not hold what the model says:\n%s" % (
+            what, name, image, p.stdout)
+
+    def internal_snapshots(self, image):
+        """Names of the internal snapshots inside @image."""
+        spec = {"driver": "qcow2", "backing": None,
+                "file": {"driver": "file", "filename": image}}
+        out = run("qemu-img", "info", "-U", "--output=json", "json:" + json.dumps(spec)).stdout
+        return sorted(s["name"] for s in json.loads(out).get("snapshots", []))
 
     def _compare(self, what, image, slots):
         p = run("qemu-img", "compare", "-U", "-f", "qcow2", "-F", "raw",
@@ -433,10 +485,16 @@ class Oracle:
         for d, top in td.tops().items():
             self._compare("live disk %s" % d, top, self.live[d])
             referenced.update(self._chain(top))
-        # 2. every snapshot's saved state
+        # 2. every snapshot's saved state (an internal one's inside its image)
+        internal = {}
         for name, s in self.snaps.items():
             sources, overlays, mem = self.snapshot_sources(name)
             for d, slots in s["disks"].items():
+                if s.get("internal"):
+                    self._compare_internal("snapshot %s disk %s" % (name, d), sources[d],
+                                           name, slots)
+                    internal.setdefault(sources[d], []).append(name)
+                    continue
                 self._compare("snapshot %s disk %s" % (name, d), sources[d], slots)
             for f in list(sources.values()) + overlays:
                 if os.path.exists(f):
@@ -451,26 +509,32 @@ class Oracle:
         assert not leaked, "files nothing references: %s" % leaked
         missing = sorted(f for f in referenced if not os.path.exists(f))
         assert not missing, "referenced files missing: %s" % missing
-        # 5. image consistency
+        # 5. image consistency; internal snapshots only where the model has them
         for f in sorted(present):
-            self._qemu_img_check(f)
+            found = self._qemu_img_check(f)
+            assert found == sorted(internal.get(f, [])), (
+                "%s holds internal snapshots %s, the model %s" % (
+                    f, found, sorted(internal.get(f, []))))
 
     def _qemu_img_check(self, path):
         """qemu-img check of one image alone (its backing chain is not opened:
-        each layer is checked on its own).  An image checked before and not
-        modified since is not checked again."""
+        each layer is checked on its own); returns the names of the internal
+        snapshots inside it.  An image checked before and not modified since
+        is not checked again."""
         st = os.stat(path)
         stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
-        if self.checked.get(path) == stamp:
-            return
+        if path in self.checked and self.checked[path][0] == stamp:
+            return self.checked[path][1]
         with open(path, "rb") as f:
             if f.read(4) != b"QFI\xfb":
-                return
+                return []
         spec = {"driver": "qcow2", "backing": None,
                 "file": {"driver": "file", "filename": path}}
         p = run("qemu-img", "check", "-U", "json:" + json.dumps(spec), check=False)
         assert p.returncode == 0, "qemu-img check %s:\n%s" % (path, p.stdout)
-        self.checked[path] = stamp
+        found = self.internal_snapshots(path)
+        self.checked[path] = (stamp, found)
+        return found
 
 
 def error_of(fn, *args):
