@@ -50,7 +50,8 @@ export:
 	@$(S)/export.sh
 
 check: build
-	@$(MAKE) --no-print-directory lint unit check-series check-debian e2e
+	@$(MAKE) --no-print-directory lint unit
+	@$(S)/check.sh
 
 unit:
 	@$(S)/unit.sh
