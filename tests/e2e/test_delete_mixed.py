@@ -14,7 +14,7 @@ what the descendants saved), which is checked to change nothing.
 
 import pytest
 
-from harness import DELETE_CHILDREN, error_of, files_state
+from harness import DELETE_CHILDREN, DELETE_CHILDREN_ONLY, error_of, files_state
 
 STATES = ["shutoff", "running"]
 
@@ -110,6 +110,22 @@ def test_delete_children_from_internal_root(make_domain, state):
     assert not o.snaps
     assert td.tops() == base
     o.check()
+    o.write_all(7)
+    o.check()
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_delete_children_only_of_internal_root(make_domain, state):
+    """--children-only on the internal root: s2 and s3 go, their images are
+    committed into the image holding i1 (an active commit when running),
+    and i1, now without external descendants, can be reverted to."""
+    td, o = iee(make_domain, state)
+    base = {d: td.dir + "/%s-%s.qcow2" % (td.name, d) for d in td.disks}
+    o.delete("i1", DELETE_CHILDREN_ONLY)
+    assert sorted(o.snaps) == ["i1"]
+    assert td.tops() == base
+    o.check()
+    revert_each(o)
     o.write_all(7)
     o.check()
 
