@@ -50,12 +50,14 @@ data afterwards.  Shut off, every shape runs at every point that exists for
 it (13 cases); running, 25 points in 'unread' and 11 in 'done' mode (36
 cases).  Branched trees (test_delete_branched's): s2 merged off the live
 chain by qemu-img, shut off and running, and --children on the current
-s1 of a branched tree, merged by QEMU when running (11 cases).  After the
+s1 of a branched tree, merged by QEMU when running; and a mixed tree
+(test_delete_mixed's): --children on an internal root, shut off (14
+cases).  After the
 restart the test waits (at most RESUME_TIMEOUT) until the journal is gone
 and the snapshot list is the model's, checks that the daemon resumed from
 the phase the kill point implies, proves every invariant with the oracle,
 writes to every disk and proves them again.  The whole file takes about
-six minutes on 2 CPUs.
+six and a half minutes on 2 CPUs.
 
 Also: what 'virsh domjobinfo' and virDomainGetJobStats report while a delete
 is held, and a delete whose resume at daemon start cannot finish (an image is
@@ -83,6 +85,7 @@ from faults import (
     start_daemon, wait_resumed, wait_until)
 from harness import DELETE_CHILDREN, error_of, files_state
 import test_delete_branched as branched
+import test_delete_mixed as mixed
 
 hygiene = faults.hygiene        # autouse: a daemon, and no domain left over
 
@@ -383,14 +386,17 @@ def offbranch_tree(make_domain, state):
 
 # shape -> (tree, victim, flags)
 BRANCHED = {"offbranch": (offbranch_tree, "s2", 0),
-            "children": (branched.branched, "s1", DELETE_CHILDREN)}
+            "children": (branched.branched, "s1", DELETE_CHILDREN),
+            # i1 (internal) -> s2 -> s3: i1 deleted from its image, the
+            # external images committed into it, in one journal
+            "mixed": (mixed.iee, "i1", DELETE_CHILDREN)}
 BRANCHED_OFFLINE_POINTS = ["first-exec", "metadata", "cleanup"]
 
 
 def branched_offline_cases():
     for shape in BRANCHED:
         for state in ("shutoff", "running"):
-            if shape == "children" and state == "running":
+            if shape in ("children", "mixed") and state == "running":
                 continue        # merged by QEMU: test_kill_running_branched
             for point in BRANCHED_OFFLINE_POINTS:
                 yield pytest.param(shape, state, point, id="%s-%s-%s" % (shape, state, point))
