@@ -2,9 +2,10 @@
 # 'make check': every test.  The series check (each patch built and tested
 # alone: compilers and meson test, CPU bound) runs in the background while
 # the Debian apply check and the end-to-end suite (QEMU under TCG and
-# qemu-img, mostly waiting) run in the foreground; on 2 CPUs this saves
-# about as long as the series check takes.  Its output is shown when both
-# are done.
+# qemu-img, mostly waiting) run in the foreground.  On 2 CPUs both take
+# about 26 minutes side by side (measured on a clean clone: 29 minutes for
+# all of 'make check'), where one after the other they would add up.  Its
+# output is shown when both are done.
 set -uo pipefail
 . "$(dirname "$0")/common.sh"
 
