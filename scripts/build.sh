@@ -117,8 +117,10 @@ $(grep -E 'error|FAILED' "$logs-ninja.log" | head -20)"
 # Install only what changed: meson rewrites the rpath of every installed
 # binary, and the daemons are restarted when their files are newer than
 # they are (scripts/daemon.sh).
+# A ninja run by hand in the build directory counts as a change too.
 installed=$builddir/.snapdel-installed
-if grep -q '^ninja: no work to do' "$logs-ninja.log" && [ -f "$installed" ]; then
+if grep -q '^ninja: no work to do' "$logs-ninja.log" && [ -f "$installed" ] &&
+   [ -z "$(find "$builddir/src" "$builddir/tools" -type f -newer "$installed" -print -quit)" ]; then
     exit 0
 fi
 rm -f "$installed"
