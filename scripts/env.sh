@@ -11,3 +11,11 @@ export SNAPDEL_PREFIX="$PREFIX"
 export SNAPDEL_STATEDIR="$STATEDIR"
 export SNAPDEL_RUNDIR="$RUNDIR"
 EOS
+# The instance too (the e2e suite skips what needs the series when it talks
+# to the unpatched 'base'), so that a shell set up for one instance does not
+# keep pointing scripts at another.
+if [ -n "$INSTANCE" ]; then
+    echo "export SNAPDEL_INSTANCE=\"$INSTANCE\""
+else
+    echo "unset SNAPDEL_INSTANCE"
+fi

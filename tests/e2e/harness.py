@@ -16,13 +16,20 @@ real images with qemu-img:
      references, and everything referenced exists;
   5. every qcow2 image passes 'qemu-img check', and holds exactly the
      internal snapshots the model puts in it (an internal snapshot's data,
-     read out with 'qemu-img convert -l', is compared like any other).
+     read out with 'qemu-img convert -l', is compared like any other);
+  6. each disk's own file (its source when the Oracle was made) still
+     exists and is the same file (same inode: never unlinked or replaced),
+     and the images below it (its backing chain then, which no snapshot
+     created: a template other domains may share) and every file guard()
+     names keep the sha256 they had when recorded: a delete may merge data
+     into a disk's own file, never into anything below it or anyone else's.
 
 Disk contents are modelled as SLOTS slots of SLOT bytes; each write fills one
 slot with a single byte pattern, so an expected disk is a raw file that
 'qemu-img compare' checks byte for byte.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -76,6 +83,18 @@ def stamp(path):
     except FileNotFoundError:
         return None
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def sha256(path):
+    """sha256 of a file's bytes (None: missing)."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except FileNotFoundError:
+        return None
+    return h.hexdigest()
 
 
 def create_image(path, backing=None, size=DISK_SIZE):
@@ -257,6 +276,23 @@ class Oracle:
                                     #          its internal snapshots)
         self.chains = {}            # path -> [(file, stamp)] of its chain
         self.seen = {}              # path -> chain, within one check()
+        # Each disk's own file, which no snapshot created and every delete
+        # must keep (target -> (path, inode)), and the files nothing may
+        # write: what lies below the own files, and whatever guard() adds.
+        self.own = {}
+        self.guarded = {}           # path -> sha256
+        for d in td.disks:
+            own = td.top(d)
+            self.own[d] = (own, os.stat(own).st_ino)
+            for f in image_chain(own)[1:]:
+                self.guard(f)
+
+    def guard(self, path):
+        """From now on check() fails if @path is changed, replaced by other
+        bytes or removed (another domain's image, a shared template)."""
+        digest = sha256(path)
+        assert digest, "cannot guard %s: it does not exist" % path
+        self.guarded[path] = digest
 
     # -- actions that change the model and the domain together -------------
     def write(self, target, slot):
@@ -461,9 +497,31 @@ class Oracle:
         self.seen[path] = files
         return files
 
+    def check_untouchable(self):
+        """6. the own files are there, and nothing guarded changed; the
+        failure names every file that broke the rule."""
+        bad = []
+        for d, (own, ino) in sorted(self.own.items()):
+            try:
+                if os.stat(own).st_ino != ino:
+                    bad.append("%s's own file %s was replaced by another file" % (d, own))
+            except FileNotFoundError:
+                bad.append("%s's own file %s was unlinked" % (d, own))
+        for path, digest in sorted(self.guarded.items()):
+            now = sha256(path)
+            if now is None:
+                bad.append("guarded image %s vanished" % path)
+            elif now != digest:
+                bad.append("guarded image %s was written (sha256 %s, was %s)" % (
+                    path, now, digest))
+        assert not bad, "; ".join(bad)
+
     def check(self):
         td = self.td
         self.seen = {}
+        # 6. first: a written template breaks other domains, whatever this
+        # one reads
+        self.check_untouchable()
         # 3. the tree
         assert td.snapshot_names() == sorted(self.snaps), "snapshot list"
         for name, s in self.snaps.items():
