@@ -68,7 +68,7 @@ def workdir(request):
 @pytest.fixture
 def make_domain(conn, workdir, request):
     """make_domain(disks=("vda",), images=None, live=None, running=False,
-    suffix="") -> (TestDomain, Oracle).
+    suffix="", formats=None, imgdir=None) -> (TestDomain, Oracle).
 
     The domain is named after the test, its images are in workdir/img; a
     test that needs more than one domain gives the others a @suffix (name
@@ -76,12 +76,15 @@ def make_domain(conn, workdir, request):
     target to its image, or is a function of the images' directory that
     returns that map: it runs after a stale domain of the same name (a run
     that died) was cleaned up with its directory, so it can make the
-    images there.  @live: target -> the SLOTS patterns the disk holds."""
+    images there.  @live: target -> the SLOTS patterns the disk holds.
+    @formats: target -> its image's format (qcow2 if not given); @imgdir:
+    another directory for the images."""
     made = []
 
-    def make(disks=("vda",), images=None, live=None, running=False, suffix=""):
+    def make(disks=("vda",), images=None, live=None, running=False, suffix="",
+             formats=None, imgdir=None):
         name = "e2e-" + short_name(request.node.nodeid) + ("-" + suffix if suffix else "")
-        imgdir = os.path.join(workdir, "img" + ("-" + suffix if suffix else ""))
+        imgdir = imgdir or os.path.join(workdir, "img" + ("-" + suffix if suffix else ""))
         old = None
         try:
             old = conn.lookupByName(name)
@@ -94,7 +97,7 @@ def make_domain(conn, workdir, request):
         if callable(images):
             os.makedirs(imgdir, exist_ok=True)
             images = images(imgdir)
-        td = TestDomain(conn, name, imgdir, disks, images)
+        td = TestDomain(conn, name, imgdir, disks, images, formats)
         made.append(td)
         oracle = Oracle(td, os.path.join(workdir, "ref"), live)
         if running:

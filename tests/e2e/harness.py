@@ -37,6 +37,8 @@ import shutil
 import subprocess
 import time
 
+from xml.sax.saxutils import quoteattr
+
 import libvirt
 import libvirt_qemu
 from lxml import etree
@@ -62,6 +64,22 @@ def run(*argv, check=True):
 
 def virsh(*args, check=True):
     return run("virsh", *args, check=check)
+
+
+def escape(value):
+    """@value for an XML attribute written between single quotes."""
+    return quoteattr(value)[1:-1].replace("'", "&apos;")
+
+
+def image_format(path):
+    """'qcow2' or 'raw', from the image's magic (a file or block device)."""
+    with open(path, "rb") as f:
+        return "qcow2" if f.read(4) == b"QFI\xfb" else "raw"
+
+
+def source_path(source):
+    """The file or block device a <source> element names."""
+    return source.get("file") or source.get("dev")
 
 
 def disk_alias(target):
@@ -110,22 +128,23 @@ def create_image(path, backing=None, size=DISK_SIZE):
 class TestDomain:
     """A persistent domain with qcow2 disks in its own directory."""
 
-    def __init__(self, conn, name, workdir, disks=("vda",), images=None):
+    def __init__(self, conn, name, workdir, disks=("vda",), images=None, formats=None):
         self.conn = conn
         self.name = name
         self.dir = workdir
         self.disks = list(disks)
         os.makedirs(self.dir, exist_ok=True)
         images = images or {}
+        formats = formats or {}
         xml_disks = []
         for d in self.disks:
             path = images.get(d) or create_image(
                 os.path.join(self.dir, "%s-%s.qcow2" % (name, d)))
             xml_disks.append(
                 "<disk type='file' device='disk'>"
-                "<driver name='qemu' type='qcow2'/>"
+                "<driver name='qemu' type='%s'/>"
                 "<source file='%s'/><target dev='%s' bus='virtio'/>"
-                "</disk>" % (path, d))
+                "</disk>" % (formats.get(d, "qcow2"), escape(path), d))
         xml = ("<domain type='qemu'><name>%s</name>"
                "<memory unit='MiB'>64</memory><vcpu>1</vcpu>"
                "<os><type arch='x86_64' machine='pc'>hvm</type></os>"
@@ -150,8 +169,9 @@ class TestDomain:
         return etree.fromstring(self.dom.XMLDesc(0))
 
     def top(self, target):
-        """The file of the disk's active layer."""
-        files = self.xml().xpath("devices/disk[target/@dev=$t]/source/@file", t=target)
+        """The file (or block device) of the disk's active layer."""
+        files = self.xml().xpath("devices/disk[target/@dev=$t]/source/@file | "
+                                 "devices/disk[target/@dev=$t]/source/@dev", t=target)
         assert len(files) == 1, "disk %s of %s has %d sources" % (target, self.name, len(files))
         return files[0]
 
@@ -172,20 +192,27 @@ class TestDomain:
                 if out.strip():
                     raise AssertionError("qemu-io %s on %s: %s" % (cmd, target, out))
         else:
-            run("qemu-io", "-f", "qcow2", "-c",
-                "write -P %d %d %d" % (pattern, off, ln), self.top(target))
+            top = self.top(target)
+            run("qemu-io", "-f", image_format(top), "-c",
+                "write -P %d %d %d" % (pattern, off, ln), top)
 
     # -- snapshots ---------------------------------------------------------
     def snapshot_xml(self, name, disks=None, memory=None):
-        """External snapshot XML; @disks maps target -> 'external' or 'no'."""
+        """External snapshot XML; @disks maps target -> 'external', 'no', or
+        ('block', device) for an overlay the caller made on a block device
+        (created with VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT)."""
         disks = disks or {d: "external" for d in self.disks}
         parts = []
         for d in self.disks:
             kind = disks.get(d, "no")
-            if kind == "external":
+            if isinstance(kind, tuple):
+                parts.append("<disk name='%s' snapshot='external' type='block'>"
+                             "<driver type='qcow2'/><source dev='%s'/></disk>"
+                             % (d, escape(kind[1])))
+            elif kind == "external":
                 parts.append("<disk name='%s' snapshot='external'>"
                              "<driver type='qcow2'/><source file='%s'/></disk>"
-                             % (d, os.path.join(self.dir, "%s-%s.%s" % (self.name, d, name))))
+                             % (d, escape(os.path.join(self.dir, "%s-%s.%s" % (self.name, d, name)))))
             else:
                 parts.append("<disk name='%s' snapshot='no'/>" % d)
         mem = ("<memory snapshot='external' file='%s'/>" % memory if memory
@@ -195,6 +222,8 @@ class TestDomain:
 
     def snapshot(self, name, disks=None, memory=None):
         flags = 0 if memory else libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
+        if any(isinstance(k, tuple) for k in (disks or {}).values()):
+            flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT
         return self.dom.snapshotCreateXML(self.snapshot_xml(name, disks, memory), flags)
 
     def snapshot_internal(self, name):
@@ -311,7 +340,7 @@ class Oracle:
         self.snaps[name] = {
             "parent": self.current,
             "disks": {d: list(self.live[d]) for d, k in disks.items()
-                      if k == "external"},
+                      if k == "external" or isinstance(k, tuple)},
             "memory": memory,
             "internal": False,
         }
@@ -412,7 +441,7 @@ class Oracle:
             d = disk.get("name")
             if disk.get("snapshot") != "external" or d not in self.td.disks:
                 continue
-            src = disk.find("source").get("file")
+            src = source_path(disk.find("source"))
             assert src == self.td.top(d), (
                 "current snapshot %s points at overlay %s of %s, but the disk's "
                 "active layer is %s" % (self.current, src, d, self.td.top(d)))
@@ -453,7 +482,7 @@ class Oracle:
         return sorted(s["name"] for s in json.loads(out).get("snapshots", []))
 
     def _compare(self, what, image, slots):
-        p = run("qemu-img", "compare", "-U", "-f", "qcow2", "-F", "raw",
+        p = run("qemu-img", "compare", "-U", "-f", image_format(image), "-F", "raw",
                 image, self._reference(slots), check=False)
         assert p.returncode == 0, "%s (%s) does not hold what the model says:\n%s" % (
             what, image, p.stdout)
@@ -465,11 +494,11 @@ class Oracle:
         out = {}
         for disk in x.findall("domain/devices/disk"):
             src = disk.find("source")
-            if src is not None and src.get("file"):
-                out[disk.find("target").get("dev")] = src.get("file")
+            if src is not None and source_path(src):
+                out[disk.find("target").get("dev")] = source_path(src)
         # the overlays the snapshot created: when it was taken, and the one
         # of its last revert if it has children (<revertDisks>)
-        overlays = [d.find("source").get("file")
+        overlays = [source_path(d.find("source"))
                     for d in x.findall("disks/disk[@snapshot='external']") +
                     x.findall("revertDisks/disk[@snapshot='external']")
                     if d.find("source") is not None]

@@ -83,7 +83,7 @@ from faults import (
     OFFLINE_POINTS, PHASE, SHAPES, Deleter, Log, alive, chain, daemon_pid, hold_monitor_write,
     interrupt_offline, journal, kill_daemon, proven, qemu_pid, recv_queue, resume_lines,
     start_daemon, wait_resumed, wait_until)
-from harness import DELETE_CHILDREN, error_of, files_state
+from harness import DELETE_CHILDREN, error_of, files_state, run, stamp
 import test_delete_branched as branched
 import test_delete_mixed as mixed
 
@@ -177,6 +177,16 @@ def test_jobinfo_while_held(make_domain, workdir):
 
 # -- a journal that stays pending ---------------------------------------------
 
+def start_gives_up(td, log):
+    """Start the daemon and wait until its resume of @td's journal gives up;
+    it must stay alive."""
+    start_daemon(td)
+    wait_until(lambda: (resume_lines(log, td)[2] or not alive(daemon_pid())
+                        or journal(td) is None),
+               "the restarted daemon to give up the resume")
+    assert alive(daemon_pid()), log.tail()
+
+
 def pending_journal(make_domain, workdir):
     """s2's delete interrupted before any merge; at the next daemon start its
     resume cannot finish because s2's vda base is unreachable for a moment,
@@ -188,11 +198,7 @@ def pending_journal(make_domain, workdir):
     os.rename(base, away)
     log = Log()
     try:
-        start_daemon(td)
-        wait_until(lambda: (resume_lines(log, td)[2] or not alive(daemon_pid())
-                            or journal(td) is None),
-                   "the restarted daemon to give up the resume")
-        assert alive(daemon_pid()), log.tail()
+        start_gives_up(td, log)
     finally:
         os.rename(away, base)
     j = journal(td)
@@ -432,4 +438,37 @@ def test_kill_running_branched(make_domain, workdir, command, nth, mode):
     start_daemon(td)
     assert td.running()
     wait_resumed(td, o, log, "data")
+    proven(o)
+
+
+def test_resume_checks_chain_on_disk(make_domain, workdir):
+    """A journal replayed after a restart reads the images again before
+    qemu-img writes them: s2's delete interrupted before its first merge,
+    then (daemon down) an image slipped in behind libvirt's back between
+    s2's overlay of vda (the merge's top) and s1's (its base).  Both are
+    still in the chain, but committing the top into the base would now skip
+    the new image: the resume must refuse, naming the images, and write
+    nothing; once the header is restored the delete finishes."""
+    td, o = chain(make_domain, running=False)
+    interrupt_offline(td, "s2", 0, "first-exec", workdir)
+    own = os.path.join(td.dir, "%s-vda.qcow2" % td.name)
+    base = os.path.join(td.dir, "%s-vda.s1" % td.name)
+    top = os.path.join(td.dir, "%s-vda.s2" % td.name)
+    extra = os.path.join(workdir, "slipped-in.qcow2")
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, extra)
+    run("qemu-img", "rebase", "-u", "-F", "qcow2", "-b", extra, top)
+    before = {f: stamp(f) for f in (own, base, extra)}
+    log = Log()
+    try:
+        start_gives_up(td, log)
+        _, errors, gave_up = resume_lines(log, td)
+        assert gave_up and any("'%s' backs onto '%s' instead of '%s'" % (top, extra, base) in e
+                               for e in errors), "\n".join(errors)
+        assert {f: stamp(f) for f in (own, base, extra)} == before, (
+            "the refused resume wrote an image")
+        assert journal(td)["phase"] == "data"
+    finally:
+        run("qemu-img", "rebase", "-u", "-F", "qcow2", "-b", base, top)
+    o.delete("s2")
+    assert journal(td) is None
     proven(o)
