@@ -255,10 +255,9 @@ class TestDomain:
         exists: two reverts in one second onto images of the same stem
         collide.  Reverts are therefore at least a second boundary apart.
 
-        A revert needs a current snapshot: 11.3's
-        qemuSnapshotRevertExternalFinish reads the current snapshot's
-        definition without checking there is one (found by reading the
-        code, not run: it would take the shared daemon down)."""
+        Plain 11.3.0 crashes reverting a domain with no current snapshot
+        (qemuSnapshotRevertExternalFinish); the series' first patch fixes
+        it, and test_revert_after_delete.py reaches that state."""
         while int(time.time()) <= self.last_revert:
             time.sleep(0.05)
         flags = libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING if self.running() else 0
