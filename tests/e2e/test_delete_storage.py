@@ -9,7 +9,8 @@
   * snapshot overlays on block devices (loop devices, created by the caller
     and given with REUSE_EXT and type='block', as 'virsh snapshot-create-as
     --diskspec vda,stype=block,file=/dev/loopN --reuse-external' does):
-    after every merge the definitions keep each image's own type.
+    after every merge the definitions keep each image's own type;
+  * a LUKS-encrypted disk of a shut off domain: refused up front.
 
 Each test deletes root first, then the rest, until no snapshot is left, and
 the disk must then be back on its own file.  The oracle checks every step.
@@ -18,11 +19,13 @@ the disk must then be back on its own file.  The oracle checks every step.
 import os
 import subprocess
 
+import libvirt
 import pytest
 
-from harness import SLOT, image_chain, run
+from harness import SLOT, error_of, escape, files_state, image_chain, run
 
 STATES = ["running", "shutoff"]
+series = pytest.mark.series
 
 
 def delete_all(td, o, own, first="s1"):
@@ -168,3 +171,52 @@ def test_block_device_overlays(make_domain, loops, state):
     assert "<disk type='file'" in td.dom.XMLDesc(0)
     if state == "shutoff":
         td.start()
+
+
+@series
+def test_encrypted_shutoff_refused(conn, workdir):
+    """A LUKS-encrypted disk of a shut off domain: qemu-img would need the
+    image's key, which libvirt does not hand it, so the delete is refused up
+    front, naming the image, and nothing changes (no journal that could not
+    be finished, the domain keeps its snapshots).  Plain 11.3.0 merged with
+    a paused QEMU, which has the key; this stack has no secret driver to
+    start one, so only the refusal is tested."""
+    d = os.path.join(workdir, "img")
+    os.makedirs(d)
+    own = os.path.join(d, "own.qcow2")
+    run("qemu-img", "create", "-q", "-f", "qcow2", "--object", "secret,id=s0,data=hunter2",
+        "-o", "encrypt.format=luks,encrypt.key-secret=s0", own, str(16 * SLOT))
+    name = "e2e-encrypted-shutoff"
+    try:
+        conn.lookupByName(name).undefineFlags(
+            libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+    except libvirt.libvirtError:
+        pass
+    dom = conn.defineXML(
+        "<domain type='qemu'><name>%s</name><memory unit='MiB'>64</memory>"
+        "<os><type arch='x86_64' machine='pc'>hvm</type></os><devices>"
+        "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+        "<source file='%s'><encryption format='luks'>"
+        "<secret type='passphrase' uuid='2c1e4d7e-6f1a-4a55-9d0e-0d3b6c1f9a01'/>"
+        "</encryption></source><target dev='vda' bus='virtio'/></disk>"
+        "<memballoon model='none'/></devices></domain>" % (name, escape(own)))
+    try:
+        for s in ("s1", "s2"):
+            dom.snapshotCreateXML("<domainsnapshot><name>%s</name></domainsnapshot>" % s,
+                                  libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY)
+        before = files_state(d)
+        err = error_of(dom.snapshotLookupByName("s1").delete, 0)
+        assert err is not None and "'%s' is encrypted" % own in str(err), err
+        assert files_state(d) == before
+        assert sorted(dom.snapshotListNames()) == ["s1", "s2"]
+        assert not os.path.exists(journal_path_of(name))
+        # metadata only still works: no image is touched
+        dom.snapshotLookupByName("s2").delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
+        assert files_state(d) == before
+    finally:
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+
+
+def journal_path_of(name):
+    return os.path.join(os.environ["SNAPDEL_STATEDIR"], "lib", "libvirt", "qemu",
+                        "snapshot", name + ".delete-journal")
