@@ -206,3 +206,33 @@ def test_out_of_space_refuses_nothing_else(make_domain, small_fs):
     small_fs(64 * 1024)
     o.delete("s4")
     o.check()
+
+
+def test_unwritable_target_changes_nothing(make_domain, workdir):
+    """Shut off, the image a merge writes made immutable (chattr +i; root
+    ignores file modes): the delete fails naming the image and qemu-img's
+    reason, changes nothing, leaves no pending delete (the domain starts,
+    snapshots are created and reverted to); once the image is writable
+    again the same delete succeeds."""
+    td, o = chain(make_domain, running=False)
+    o.check()
+    target = os.path.join(td.dir, "%s-vda.s1" % td.name)   # s2's saved image
+    run("chattr", "+i", target)
+    try:
+        before = files_state(td.dir)
+        err = error_of(td.delete, "s2")
+        assert err is not None and target in str(err), err
+        assert files_state(td.dir) == before
+        assert journal(td) is None, "a merge that wrote nothing left a journal: %s" % journal(td)
+        assert td.snapshot_names() == ["s1", "s2", "s3"]
+    finally:
+        run("chattr", "-i", target)
+    o.check()
+    td.start()
+    o.write_all(5)
+    o.snapshot("s4")
+    o.revert("s3")
+    o.check()
+    td.stop()
+    o.delete("s2")
+    o.check()
