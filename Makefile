@@ -11,15 +11,21 @@
 #   make stop     stop the daemons; running VMs keep running
 #   make bench    time snapshot deletes: unpatched base vs. build/prefix vs. dd
 #                 (not part of make check; BENCH_REPS=5)
+#   make soak     random walks of snapshot operations over many seeds
+#                 (not part of make check; SOAK_SEEDS=30 from SOAK_FIRST=1000,
+#                 or a list like SOAK_SEEDS=5,7-9; SOAK_STEPS=60)
 
 SHELL := /bin/bash
 S := scripts
 PYTHON := /usr/bin/python3
 E2E ?= tests/e2e
 PYTEST_ARGS ?=
+SOAK_SEEDS ?= 30
+SOAK_FIRST ?= 1000
+SOAK_STEPS ?= 60
 
 .PHONY: run stop status env deps base tree build export check unit lint \
-        check-series check-debian e2e bench clean distclean
+        check-series check-debian e2e soak bench clean distclean
 
 run: build
 	@$(S)/daemon.sh start
@@ -68,6 +74,17 @@ check-debian:
 e2e:
 	@$(S)/daemon.sh start
 	@eval "$$($(S)/env.sh)" && $(PYTHON) -m pytest -p no:cacheprovider $(E2E) $(PYTEST_ARGS)
+
+# tests/e2e/test_random_walk.py over SOAK_SEEDS seeds (a count from
+# SOAK_FIRST, or a list of seeds and ranges), SOAK_STEPS random steps each;
+# goes on after a failing seed (each failure prints its seed and steps).
+soak:
+	@seeds='$(SOAK_SEEDS)'; \
+	case $$seeds in *[-,]*) ;; *) seeds=$(SOAK_FIRST)-$$(( $(SOAK_FIRST) + $$seeds - 1 ));; esac; \
+	echo "==> soak: seeds $$seeds, $(SOAK_STEPS) steps each"; \
+	SNAPDEL_WALK_SEEDS=$$seeds SNAPDEL_WALK_STEPS_N=$(SOAK_STEPS) \
+	$(MAKE) --no-print-directory e2e E2E=tests/e2e/test_random_walk.py \
+		PYTEST_ARGS='-k test_random_walk -q -rf $(PYTEST_ARGS)'
 
 # Measures the installed build/prefix as it is (no 'build' prerequisite: the
 # work tree may be mid-edit); builds only the unpatched base, under the lock.
