@@ -9,7 +9,8 @@ import pytest
 
 from harness import Oracle, TestDomain, short_name
 
-WORKROOT = "/var/tmp/snapdel-e2e"
+# one per daemon (checkout and instance): two checkouts' suites may run at once
+WORKROOT = "/var/tmp/snapdel-e2e-" + os.path.basename(os.environ.get("SNAPDEL_STATEDIR", "x"))
 
 # 'SNAPDEL_INSTANCE=base make e2e' runs against the unpatched 11.3.0 that
 # scripts/bench.sh builds (instance 'base', see scripts/common.sh): tests
