@@ -25,7 +25,7 @@ debian_archive_uri() {
 
 ensure_deb_src() {
     local list=/etc/apt/sources.list.d/snapdel-$DEBIAN_SUITE-src.sources uri
-    if apt-cache showsrc libvirt 2>/dev/null | grep -q "^Version: $LIBVIRT_VERSION-"; then
+    if apt-cache showsrc libvirt 2>/dev/null | grep "^Version: $LIBVIRT_VERSION-" >/dev/null; then
         return 0
     fi
     uri=$(debian_archive_uri || true)
@@ -47,7 +47,7 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOS
     apt-get update -q >/dev/null 2>"$DL/apt-update.err" ||
         die "apt-get update failed after adding $list: $(tail -3 "$DL/apt-update.err")"
-    apt-cache showsrc libvirt 2>/dev/null | grep -q "^Version: $LIBVIRT_VERSION-" ||
+    apt-cache showsrc libvirt 2>/dev/null | grep "^Version: $LIBVIRT_VERSION-" >/dev/null ||
         die "no deb-src reachable: $DEBIAN_SUITE's sources at $uri list no libvirt $LIBVIRT_VERSION"
 }
 

@@ -15,7 +15,10 @@ bad() { echo "lint: $*" >&2; errors=$((errors + 1)); }
 mapfile -t listed < <(series_patches)
 for f in "$TOP"/patches/*.patch; do
     [ -e "$f" ] || continue
-    printf '%s\n' "${listed[@]}" | grep -qxF "$f" || bad "$(basename "$f") is not listed in patches/series"
+    # not printf | grep -q: grep may exit before printf is done, and
+    # pipefail then fails the pipeline (SIGPIPE) although the name matched
+    grep -qxF -- "$f" <<< "$(printf '%s\n' "${listed[@]}")" ||
+        bad "$(basename "$f") is not listed in patches/series"
 done
 
 for f in "${listed[@]}"; do
