@@ -197,6 +197,31 @@ def test_delete_metadata(make_domain, state, victim, flags):
     o.check()
 
 
+
+@pytest.mark.series
+@pytest.mark.parametrize("flags", [DELETE_METADATA | DELETE_CHILDREN_ONLY,
+                                   DELETE_METADATA | DELETE_CHILDREN],
+                         ids=["children-only", "children"])
+def test_delete_metadata_branched(make_domain, flags):
+    """--metadata with a subtree in which a child has both children and a
+    sibling (s1 -> s2 -> s3, then a revert to s1 and s4): plain 11.3.0
+    deleted the descendants while walking the tree, followed the moved
+    children into the freed sibling and crashed virtqemud.  The tree goes,
+    no image changes, and the daemon answers."""
+    td, o = make_domain(disks=("vda",))
+    for i, name in enumerate(["s1", "s2", "s3"]):
+        o.write_all(i)
+        o.snapshot(name)
+    o.revert("s1")
+    o.snapshot("s4")
+    o.check()
+    before = files_state(td.dir)
+    td.delete("s1", flags)
+    assert files_state(td.dir) == before
+    assert td.snapshot_names() == ([] if flags & DELETE_CHILDREN else ["s1"])
+    assert td.dom.isActive() == 0       # the daemon still answers
+
+
 # -- chains changed behind libvirt's back -----------------------------------
 
 @pytest.mark.parametrize("state", STATES)
