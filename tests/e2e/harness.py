@@ -390,9 +390,12 @@ class Oracle:
         """Revert to snapshot @name (running stays running, shut off stays
         shut off): every live disk reads what @name saved, and @name is
         current.  What was written since the current snapshot is discarded
-        with its overlay, which libvirt unlinks; the new overlays (named by
-        libvirt) back onto @name's saved images.  check() finds files by
-        reference, so the new names need no bookkeeping here."""
+        with its overlay, which libvirt unlinks, unless a snapshot's saved
+        <domain> names it (one that left the disk out, snapshot='no': a
+        revert to it builds on that file, and check() counts it referenced);
+        the new overlays (named by libvirt) back onto @name's saved images.
+        check() finds files by reference, so the new names need no
+        bookkeeping here."""
         saved = self.snaps[name]["disks"]
         missing = [d for d in self.td.disks if d not in saved]
         if missing:
@@ -401,6 +404,10 @@ class Oracle:
                                       % (name, missing))
         running = self.td.running()
         before = self.td.tops()
+        # files a snapshot's saved <domain> names: an active layer among
+        # them is what a snapshot that left the disk out (snapshot='no')
+        # recorded for it, which a revert to that snapshot builds on
+        named = {f for n in self.snaps for f in self.snapshot_sources(n)[0].values()}
         self.td.revert(name)
         for d in self.td.disks:
             self.live[d] = list(saved[d])
@@ -415,13 +422,18 @@ class Oracle:
             return
         for d, top in self.td.tops().items():
             assert top != before[d], "revert to %s kept %s's overlay %s" % (name, d, top)
-            assert not os.path.exists(before[d]), (
-                "revert to %s left %s's previous overlay %s (the data written "
-                "since the current snapshot is discarded)" % (name, d, before[d]))
             chain = image_chain(top)
             assert chain[1:2] == [sources[d]], (
                 "revert to %s: %s's new overlay %s backs onto %s, not onto the "
                 "saved image %s" % (name, d, top, chain[1:2], sources[d]))
+            if before[d] in named:
+                assert os.path.exists(before[d]), (
+                    "revert to %s removed %s's previous overlay %s, which a "
+                    "snapshot's saved <domain> names" % (name, d, before[d]))
+                continue
+            assert not os.path.exists(before[d]), (
+                "revert to %s left %s's previous overlay %s (the data written "
+                "since the current snapshot is discarded)" % (name, d, before[d]))
 
     # -- proof --------------------------------------------------------------
     def check_current_overlay(self):
