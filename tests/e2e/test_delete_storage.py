@@ -184,8 +184,7 @@ def test_encrypted_shutoff_refused(conn, workdir):
     d = os.path.join(workdir, "img")
     os.makedirs(d)
     own = os.path.join(d, "own.qcow2")
-    run("qemu-img", "create", "-q", "-f", "qcow2", "--object", "secret,id=s0,data=hunter2",
-        "-o", "encrypt.format=luks,encrypt.key-secret=s0", own, str(16 * SLOT))
+    create_luks(own, 16 * SLOT)
     name = "e2e-encrypted-shutoff"
     try:
         conn.lookupByName(name).undefineFlags(
@@ -215,6 +214,23 @@ def test_encrypted_shutoff_refused(conn, workdir):
         assert files_state(d) == before
     finally:
         dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+
+
+def create_luks(path, size):
+    """A LUKS-encrypted qcow2 image.  qemu-img times PBKDF2 on the thread's
+    CPU clock to pick the iteration count; where that clock only advances
+    per scheduler tick, a busy machine can read 0 ms and qemu-img gives up
+    with "Unable to get accurate CPU usage" (seen once in 30 CI runs).
+    That is the host's clock, not the series: try again."""
+    argv = ("qemu-img", "create", "-q", "-f", "qcow2",
+            "--object", "secret,id=s0,data=hunter2",
+            "-o", "encrypt.format=luks,encrypt.key-secret=s0", path, str(size))
+    for _ in range(5):
+        p = run(*argv, check=False)
+        if p.returncode == 0:
+            return
+        assert "Unable to get accurate CPU usage" in p.stdout, p.stdout
+    run(*argv)
 
 
 def journal_path_of(name):
