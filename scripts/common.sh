@@ -46,6 +46,10 @@ if [ -n "$INSTANCE" ]; then
 fi
 RUNDIR=$STATEDIR/run
 
+# Who QEMU runs as (scripts/daemon.sh): libvirt-qemu under DAC, as on Debian,
+# or root without DAC.
+QEMU_USER=${SNAPDEL_QEMU_USER:-libvirt-qemu}
+
 # Debian's interpreter and tools come first: meson's python3 (for libvirt's
 # own scripts and its pytest-based tests) must be the one apt installs
 # python3-pytest and python3-libvirt for, not another one earlier on PATH.

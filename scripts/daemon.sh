@@ -8,9 +8,14 @@
 # VIRTQEMUD_CONF_EXTRA, if set, is appended to virtqemud.conf (for example
 # more log_filters while debugging).
 #
-# The daemons run as root without systemd, cgroups, namespaces or a security
-# driver, with QEMU under TCG.  Their sockets live in $RUNDIR (short on
-# purpose, see common.sh); logs are in $STATEDIR/log.
+# The daemons run as root without systemd, cgroups or namespaces, with QEMU
+# under TCG.  QEMU runs as Debian runs it: as the system user libvirt-qemu
+# (created here as libvirt-daemon-system's postinst does), with DAC's dynamic
+# ownership and remember_owner.  There is no MAC driver (this kernel has no
+# AppArmor); security_driver = "none" leaves DAC, which libvirt always
+# stacks, as the only one.  SNAPDEL_QEMU_USER=root runs QEMU as root without
+# DAC instead (how the series was first tested).  Sockets live in $RUNDIR
+# (short on purpose, see common.sh); logs are in $STATEDIR/log.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
@@ -31,12 +36,26 @@ socket_owner() {
     ss -xlpH 2>/dev/null | awk -v s="$1" '$5 == s { print $0 }' | head -1
 }
 
+# Debian's libvirt-daemon-system creates the QEMU user in its postinst: a
+# system group and user libvirt-qemu, home /var/lib/libvirt, no login, in kvm.
+ensure_qemu_user() {
+    [ "$QEMU_USER" = root ] && return 0
+    [ "$QEMU_USER" = libvirt-qemu ] || die "SNAPDEL_QEMU_USER: use libvirt-qemu or root"
+    getent group kvm >/dev/null || groupadd --system kvm
+    getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
+    getent passwd libvirt-qemu >/dev/null ||
+        useradd --system --gid libvirt-qemu --groups kvm --home-dir /var/lib/libvirt \
+                --no-create-home --shell /usr/sbin/nologin --comment "Libvirt Qemu" \
+                libvirt-qemu
+}
+
 write_config() {
     local etc=$PREFIX/etc/libvirt
     mkdir -p "$etc" "$LOGDIR" "$STATEDIR/images"
-    cat > "$etc/qemu.conf" <<EOS
+    if [ "$QEMU_USER" = root ]; then
+        cat > "$etc/qemu.conf" <<EOS
 # Written by the snapdel patch queue (scripts/daemon.sh); edits are lost.
-# Root without systemd, cgroups or namespaces; QEMU runs under TCG.
+# Root without systemd, cgroups or namespaces; QEMU runs under TCG as root.
 user = "root"
 group = "root"
 security_driver = "none"
@@ -44,6 +63,20 @@ cgroup_controllers = [ ]
 namespaces = [ ]
 remember_owner = 0
 EOS
+    else
+        cat > "$etc/qemu.conf" <<EOS
+# Written by the snapdel patch queue (scripts/daemon.sh); edits are lost.
+# Without systemd, cgroups or namespaces; QEMU runs under TCG as Debian runs
+# it: as libvirt-qemu, with DAC handing it the images while it runs.
+user = "libvirt-qemu"
+group = "libvirt-qemu"
+dynamic_ownership = 1
+remember_owner = 1
+security_driver = "none"
+cgroup_controllers = [ ]
+namespaces = [ ]
+EOS
+    fi
     cat > "$etc/virtqemud.conf" <<EOS
 # Written by the snapdel patch queue (scripts/daemon.sh); edits are lost.
 log_filters = "1:qemu.qemu_snapshot 1:qemu.qemu_block 1:qemu.qemu_blockjob 1:qemu.qemu_monitor 3:*"
@@ -90,6 +123,9 @@ start_one() {
                    -name "$name" -o -newer "$pidfile" -name '*.so*' | head -1)" ]; then
             say "$name was rebuilt since it started; restarting it"
             stop_one "$name" "$pidfile"
+        elif [ -n "${CONFIG_CHANGED:-}" ]; then
+            say "the daemons' configuration changed; restarting $name"
+            stop_one "$name" "$pidfile"
         else
             return 0
         fi
@@ -112,7 +148,13 @@ start() {
     [ -x "$PREFIX/sbin/virtqemud" ] || die "no private build in $PREFIX; run 'make build'"
     [ "$(id -u)" -eq 0 ] || die "the private daemons run as root"
     mkdir -p "$RUNDIR/libvirt"
+    ensure_qemu_user
+    local before
+    before=$(cat "$PREFIX"/etc/libvirt/{qemu,virtqemud,virtlogd}.conf 2>/dev/null | sha256sum)
     write_config
+    if [ "$before" != "$(cat "$PREFIX"/etc/libvirt/{qemu,virtqemud,virtlogd}.conf | sha256sum)" ]; then
+        CONFIG_CHANGED=1
+    fi
     start_one virtlogd "$PID_LOGD" "$SOCK_LOGD"
     wait_for virtlogd "$LOGDIR/virtlogd.log" "$PID_LOGD" 50 test -S "$SOCK_LOGD"
     start_one virtqemud "$PID_QEMU" "$SOCK_QEMU"

@@ -10,6 +10,7 @@ export LIBVIRT_DEFAULT_URI="qemu:///system"
 export SNAPDEL_PREFIX="$PREFIX"
 export SNAPDEL_STATEDIR="$STATEDIR"
 export SNAPDEL_RUNDIR="$RUNDIR"
+export SNAPDEL_QEMU_USER="$QEMU_USER"
 EOS
 # The instance too (the e2e suite skips what needs the series when it talks
 # to the unpatched 'base'), so that a shell set up for one instance does not

@@ -23,6 +23,15 @@ real images with qemu-img:
      created: a template other domains may share) and every file guard()
      names keep the sha256 they had when recorded: a delete may merge data
      into a disk's own file, never into anything below it or anyone else's.
+  7. DAC (QEMU as libvirt-qemu with dynamic ownership and remember_owner,
+     scripts/daemon.sh): every image in a running domain's chain belongs to
+     the QEMU user, so QEMU can open it for writing when a commit needs it;
+     every other image of the domain, below it or guarded belongs to whom
+     it belonged at rest (the owner DAC remembered) or to the QEMU user (DAC
+     restores only a disk's top image when QEMU stops; backing images stay
+     QEMU's), never to anyone else, and carries none of DAC's remembered-
+     owner attributes, which would make a later start or stop restore the
+     wrong owner; no image's mode changes.
 
 Disk contents are modelled as SLOTS slots of SLOT bytes; each write fills one
 slot with a single byte pattern, so an expected disk is a raw file that
@@ -32,6 +41,7 @@ slot with a single byte pattern, so an expected disk is a raw file that
 import hashlib
 import json
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -113,6 +123,40 @@ def sha256(path):
     except FileNotFoundError:
         return None
     return h.hexdigest()
+
+
+# The QEMU user and DAC's extended attributes (src/security/security_util.c)
+QEMU_USER = os.environ.get("SNAPDEL_QEMU_USER", "libvirt-qemu")
+DAC_XATTRS = ("trusted.libvirt.security.dac", "trusted.libvirt.security.ref_dac")
+
+
+def qemu_ids():
+    pw = pwd.getpwnam(QEMU_USER)
+    return (pw.pw_uid, pw.pw_gid)
+
+
+def dac_xattrs(path):
+    """DAC's remembered-owner attributes on @path: name -> value."""
+    out = {}
+    for name in DAC_XATTRS:
+        try:
+            out[name] = os.getxattr(path, name).decode()
+        except OSError:
+            pass
+    return out
+
+
+def live_chains(conn):
+    """Every file or block device in the chain of any running domain of
+    @conn, as libvirt's live XML lists them (what DAC labelled)."""
+    files = set()
+    for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+        x = etree.fromstring(dom.XMLDesc(0))
+        for src in x.xpath("devices/disk//source"):
+            path = src.get("file") or src.get("dev")
+            if path:
+                files.add(path)
+    return files
 
 
 def create_image(path, backing=None, size=DISK_SIZE):
@@ -309,6 +353,7 @@ class Oracle:
         # write: what lies below the own files, and whatever guard() adds.
         self.own = {}
         self.guarded = {}           # path -> sha256
+        self.at_rest = {}           # path -> (uid, gid, mode) when unlabelled
         for d in td.disks:
             own = td.top(d)
             self.own[d] = (own, os.stat(own).st_ino)
@@ -556,6 +601,46 @@ class Oracle:
                     path, now, digest))
         assert not bad, "; ".join(bad)
 
+    def check_owners(self, files):
+        """7. owners and modes under DAC; the failure names every file."""
+        labelled = live_chains(self.td.conn)
+        qemu = qemu_ids()
+        bad = []
+        for path in sorted(files):
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            xattrs = dac_xattrs(path)
+            rest = self.at_rest.get(path)
+            if rest is None:
+                # first seen: at rest it is what it is now, or while
+                # labelled what DAC remembered ("+uid:+gid"), or, for an
+                # image a snapshot created while running, the daemon's
+                uid, gid = st.st_uid, st.st_gid
+                if path in labelled:
+                    uid, gid = 0, 0
+                    if "trusted.libvirt.security.dac" in xattrs:
+                        u, g = xattrs["trusted.libvirt.security.dac"].split(":")
+                        uid, gid = int(u.lstrip("+")), int(g.lstrip("+"))
+                rest = self.at_rest[path] = (uid, gid, st.st_mode)
+            if st.st_mode != rest[2]:
+                bad.append("%s: mode %o, was %o" % (path, st.st_mode, rest[2]))
+            if path in labelled:
+                if (st.st_uid, st.st_gid) != qemu:
+                    bad.append("%s is in a running domain's chain but owned by %d:%d, "
+                               "not by the QEMU user %d:%d" % (path, st.st_uid, st.st_gid,
+                                                               *qemu))
+                continue
+            if (st.st_uid, st.st_gid) not in (rest[:2], qemu):
+                bad.append("%s is in no running domain's chain but owned by %d:%d, "
+                           "neither its owner at rest %d:%d nor the QEMU user" % (
+                               path, st.st_uid, st.st_gid, *rest[:2]))
+            if xattrs:
+                bad.append("%s is in no running domain's chain but keeps DAC's %s" % (
+                    path, xattrs))
+        assert not bad, "; ".join(bad)
+
     def check(self):
         td = self.td
         self.seen = {}
@@ -607,6 +692,12 @@ class Oracle:
         assert not leaked, "files nothing references: %s" % leaked
         missing = sorted(f for f in referenced if not os.path.exists(f))
         assert not missing, "referenced files missing: %s" % missing
+        # 7. owners: of the domain's files, its own files' chains and the
+        # guarded images
+        owned = set(present) | set(self.guarded)
+        for own, _ in self.own.values():
+            owned.update(self._chain(own) if os.path.exists(own) else [])
+        self.check_owners(owned)
         # 5. image consistency; internal snapshots only where the model has them
         for f in sorted(present):
             found = self._qemu_img_check(f)
