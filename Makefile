@@ -1,4 +1,6 @@
-# The snapdel patch queue: libvirt 11.3.0 + our series, built and run privately.
+# The snapdel patch queue: libvirt 11.3.0 + our series, built and run privately
+# in a Debian trixie root (scripts/trixie-root.sh) with trixie's toolchain and
+# QEMU 10.0; this machine fetches the base and applies and lints the series.
 #
 #   make run      install, build, start a private virtqemud + demo VM
 #   make check    every test: unit (meson test incl. syntax-check), series
@@ -7,7 +9,9 @@
 # Developer workflow:
 #   make tree     git tree at build/libvirt: tag 'base' plus the series as commits
 #   make export   re-export patches/ from that tree (reproducible)
-#   make env      shell exports for the private daemon: eval "$(make -s env)"
+#   make shell    a shell in the trixie root set up for the private daemon
+#                 (virsh, qemu-img, python3); 'make shell CMD="virsh list"'
+#   make env      its shell exports (for use in the root): eval "$(make -s env)"
 #   make stop     stop the daemons; running VMs keep running
 #   make bench    time snapshot deletes: unpatched base vs. build/prefix vs. dd
 #                 (not part of make check; BENCH_REPS=5)
@@ -17,14 +21,14 @@
 
 SHELL := /bin/bash
 S := scripts
-PYTHON := /usr/bin/python3
 E2E ?= tests/e2e
 PYTEST_ARGS ?=
+CMD ?=
 SOAK_SEEDS ?= 30
 SOAK_FIRST ?= 1000
 SOAK_STEPS ?= 60
 
-.PHONY: run stop status env deps base tree build export check unit lint \
+.PHONY: run stop status env shell deps base tree build export check unit lint \
         check-series check-debian e2e soak bench clean distclean
 
 run: build
@@ -39,6 +43,9 @@ status:
 
 env:
 	@$(S)/env.sh
+
+shell:
+	@$(S)/shell.sh $(CMD)
 
 deps:
 	@$(S)/deps.sh
@@ -72,8 +79,7 @@ check-debian:
 	@$(S)/check-debian.sh
 
 e2e:
-	@$(S)/daemon.sh start
-	@eval "$$($(S)/env.sh)" && $(PYTHON) -m pytest -p no:cacheprovider $(E2E) $(PYTEST_ARGS)
+	@$(S)/e2e.sh $(E2E) $(PYTEST_ARGS)
 
 # tests/e2e/test_random_walk.py over SOAK_SEEDS seeds (a count from
 # SOAK_FIRST, or a list of seeds and ranges), SOAK_STEPS random steps each;

@@ -16,15 +16,17 @@
 # timed BENCH_REPS times (default 5) on a fresh setup; the table shows median
 # and min.  A delete that fails is reported as such, not repeated.
 #
-# BENCH_LOCK (default /tmp/snapdel-build.lock) is taken for the base's build,
-# as for every build on this machine, and held while the clock runs, so that
-# no build waiting for it competes for the CPUs; BENCH_LOCK= disables that.
-# Not part of 'make check': it prints numbers and asserts none.
+# BENCH_LOCK (default: the build lock, see common.sh) is held while the clock
+# runs, so that no build waiting for it competes for the CPUs; BENCH_LOCK=
+# disables that.  The base's build holds the build lock as every build does.
+# Not part of 'make check': it prints numbers and asserts none.  In the
+# trixie root (see in_trixie in common.sh), as the daemons it measures.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
+in_trixie "$@"
 
 reps=${BENCH_REPS:-5}
-lock=${BENCH_LOCK-/tmp/snapdel-build.lock}
+lock=${BENCH_LOCK-$BUILD_LOCK}
 [[ $reps =~ ^[1-9][0-9]*$ ]] || die "BENCH_REPS must be a positive number"
 [ -z "$INSTANCE" ] || die "run the bench without SNAPDEL_INSTANCE; it manages the instances"
 [ "$(id -u)" -eq 0 ] || die "the private daemons run as root"
@@ -40,10 +42,6 @@ DRIVER=$TOP/scripts/bench.py
 CHAIN_LAYERS=197            # + s1, s2, s3 = 200 layers at delete time
 work=/var/tmp/snapdel-bench-$STATE_ID
 results=$BUILD/bench/$(date +%Y%m%d-%H%M%S)
-
-locked() {
-    if [ -n "$lock" ]; then flock "$lock" "$@"; else "$@"; fi
-}
 
 # -- the unpatched base: worktree, build, daemons -----------------------------
 # The worktree is recreated when it is missing, stale (its repository was
@@ -64,8 +62,8 @@ if ! wt_ok; then
     mkdir -p "$wt/subprojects"
     cp -a "$TREE/subprojects/keycodemapdb" "$wt/subprojects/"
 fi
-[ -n "$lock" ] && say "building the unpatched base (waits for $lock)"
-locked env SNAPDEL_INSTANCE=base "$TOP/scripts/build.sh" "$wt"
+[ -n "$BUILD_LOCK" ] && say "building the unpatched base (waits for $BUILD_LOCK)"
+SNAPDEL_INSTANCE=base "$TOP/scripts/build.sh" "$wt"
 
 base_running=0
 if SNAPDEL_INSTANCE=base "$TOP/scripts/daemon.sh" status | grep -q '^virtqemud: running'; then

@@ -11,8 +11,12 @@
 # worktree with the very same options this way.  With SNAPDEL_INSTANCE set
 # (see common.sh) SRCDIR is required and is installed into that instance's
 # prefix; scripts/bench.sh builds the unpatched base so.
+#
+# In the trixie root (see in_trixie in common.sh), holding the build lock.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
+in_trixie "$@"
+hold_build_lock
 
 install=1
 src=$TREE
@@ -100,7 +104,10 @@ opts=(
     -Dbash_completion=disabled
 )
 stamp=$builddir/.snapdel-options
-want=$(printf '%s\n' "${opts[@]}"; echo "# python3: $(command -v python3)")
+# The toolchain counts too: a build directory another release configured
+# (gcc, glibc, python3) is configured anew.
+want=$(printf '%s\n' "${opts[@]}"
+       echo "# $(. /etc/os-release && echo "$PRETTY_NAME"), $(gcc --version | head -1), python3: $(command -v python3)")
 if [ ! -f "$builddir/build.ninja" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     say "configuring $builddir"
     rm -rf "$builddir"
@@ -111,7 +118,9 @@ $(tail -20 "$logs-meson-setup.log")"
 fi
 
 say "building $src"
-ninja -C "$builddir" > "$logs-ninja.log" 2>&1 ||
+# meson 1.7 leaves what only the tests use out of 'all': scripts/unit.sh
+# runs meson test without rebuilding, so build that too.
+ninja -C "$builddir" all meson-test-prereq > "$logs-ninja.log" 2>&1 ||
     die "build failed; see $logs-ninja.log:
 $(grep -E 'error|FAILED' "$logs-ninja.log" | head -20)"
 

@@ -57,9 +57,48 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 
 # ccache, shared by the work tree's build and the per-patch worktree: paths
 # below $BUILD are hashed relative to it, and the build directory is not
-# hashed, so a file no patch touched compiles once for all of them.
+# hashed, so a file no patch touched compiles once for all of them.  It is
+# kept outside the trixie root (a changed root starts anew, the cache not).
 export CCACHE_BASEDIR=$BUILD
 export CCACHE_NOHASHDIR=1
+export CCACHE_DIR=/var/cache/snapdel/ccache-trixie
+
+# Builds and test runs on this machine take turns on its 2 CPUs:
+# scripts/build.sh and scripts/unit.sh hold this lock while they compile or
+# test, scripts/bench.sh while it measures.  SNAPDEL_BUILD_LOCK= for none.
+BUILD_LOCK=${SNAPDEL_BUILD_LOCK-/tmp/snapdel-build.lock}
+hold_build_lock() {
+    [ -n "$BUILD_LOCK" ] || return 0
+    exec 8>>"$BUILD_LOCK"
+    flock 8
+}
+
+# The stack: libvirt is built, tested and run in the Debian trixie root of
+# scripts/trixie-root.sh (trixie's gcc, meson and glibc, QEMU 10.0, python3
+# and python3-libvirt), as trixie ships it; this machine's own Debian only
+# fetches the base, applies, exports and lints the series.  What the root
+# builds cannot run out here (a newer glibc), so a script that builds or runs
+# libvirt, QEMU or the tests calls 'in_trixie "$@"' first: outside the root it
+# runs itself again in there, with the checkout, the daemons' state
+# (/var/lib/snapdel), /var/tmp (the e2e suite's images), /tmp (the build
+# lock) and the ccache bind-mounted at their own paths, so that every path
+# means the same in both, and with the variables the scripts read
+# (SNAPDEL_*, BENCH_*, VIRTQEMUD_CONF_EXTRA).
+inside_trixie() {
+    [ -f /etc/snapdel-root ]
+}
+in_trixie() {
+    inside_trixie && return 0
+    local env=() v
+    for v in $(compgen -e); do
+        case $v in SNAPDEL_*|BENCH_*|VIRTQEMUD_CONF_EXTRA) env+=("$v=${!v}") ;; esac
+    done
+    mkdir -p /var/lib/snapdel "$CCACHE_DIR"
+    exec "$TOP/scripts/trixie-root.sh" run --bind "$TOP" --bind /var/lib/snapdel \
+        --bind /var/tmp --bind /tmp --bind "$CCACHE_DIR" \
+        /usr/bin/env "${env[@]}" /bin/bash -c 'cd "$1" && shift && exec "$@"' in_trixie \
+        "$TOP" "$TOP/scripts/$(basename "$0")" "$@"
+}
 
 # Identity used for the commits the tooling makes itself (the base commit and
 # the committer of applied patches).  Patch authors come from the patches.

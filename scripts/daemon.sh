@@ -16,8 +16,14 @@
 # stacks, as the only one.  SNAPDEL_QEMU_USER=root runs QEMU as root without
 # DAC instead (how the series was first tested).  Sockets live in $RUNDIR
 # (short on purpose, see common.sh); logs are in $STATEDIR/log.
+#
+# In the trixie root (see in_trixie in common.sh).  Each command there has a
+# mount namespace of its own, which the daemons it starts (and their QEMUs)
+# keep; 'start' restarts daemons that run in another one, so that they see
+# the mounts of the command that starts them (the e2e suite's tmpfs).
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
+in_trixie "$@"
 
 SOCK_LOGD=$RUNDIR/libvirt/virtlogd-sock
 SOCK_QEMU=$RUNDIR/libvirt/virtqemud-sock
@@ -125,6 +131,9 @@ start_one() {
             stop_one "$name" "$pidfile"
         elif [ -n "${CONFIG_CHANGED:-}" ]; then
             say "the daemons' configuration changed; restarting $name"
+            stop_one "$name" "$pidfile"
+        elif [ "$(readlink "/proc/$(cat "$pidfile")/ns/mnt")" != "$(readlink /proc/self/ns/mnt)" ]; then
+            say "$name runs in another command's mount namespace; restarting it in this one"
             stop_one "$name" "$pidfile"
         else
             return 0

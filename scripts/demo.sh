@@ -1,8 +1,10 @@
 #!/bin/bash
 # Define (once) and start the demo domain: two qcow2 disks, no guest OS,
 # QEMU under TCG.  The disks are written to from the monitor, not by a guest.
+# In the trixie root (see in_trixie in common.sh).
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
+in_trixie "$@"
 eval "$("$TOP/scripts/env.sh")"
 
 name=demo
@@ -48,9 +50,10 @@ fi
 cat <<EOS
 
 The private daemon is running and domain '$name' is up (two qcow2 disks, vda and vdb).
-Use it from any shell:
+Use it from a shell in the trixie root, where the private build runs
+('make shell' opens one, with 'eval "\$(make -s env)"' done):
 
-    eval "\$(make -s env)"
+    make shell
     virsh list --all
     virsh snapshot-create-as $name s1 --disk-only
     virsh snapshot-list $name --tree

@@ -15,8 +15,9 @@
 # come from the Debian mirror this machine's apt configuration already uses.
 #
 # /proc, /sys and /dev are mounted for the chroot in a private mount
-# namespace: they are never seen outside it and go away with it, however
-# the command ends; a trap unmounts them on the way out as well.
+# namespace: they are never seen outside it and go away with it, when the
+# last process in it ends.  Nothing unmounts them earlier: a daemon CMD
+# starts (scripts/daemon.sh) outlives CMD and goes on using them.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
@@ -123,20 +124,17 @@ in_root() {
         set -euo pipefail
         root=$1
         shift
-        binds=()
-        trap '\''umount -R "${binds[@]}" "$root/dev" "$root/sys" "$root/proc" 2>/dev/null || true'\'' EXIT
         while [ "${1:-}" = --bind ]; do
             dir=$(realpath -e "$2")
             mkdir -p "$root$dir"
             mount --bind "$dir" "$root$dir"
-            binds+=("$root$dir")
             shift 2
         done
         mount -t proc proc "$root/proc"
         mount --bind /sys "$root/sys"
         mount -o remount,bind,ro "$root/sys"
         mount --rbind /dev "$root/dev"
-        chroot "$root" /usr/bin/env -i HOME=/root LC_ALL=C.UTF-8 TERM="${TERM:-dumb}" \
+        exec chroot "$root" /usr/bin/env -i HOME=/root LC_ALL=C.UTF-8 TERM="${TERM:-dumb}" \
             PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
             DEBIAN_FRONTEND=noninteractive "$@"
     ' in_root "$root" "$@"

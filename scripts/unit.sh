@@ -1,9 +1,12 @@
 #!/bin/bash
 # libvirt's own test suite on the work tree, syntax-check included.  The
 # syntax-check suite needs the git tree and a finished build (po_check reads
-# generated files), which is why it runs after scripts/build.sh.
+# generated files), which is why it runs after scripts/build.sh.  In the
+# trixie root (see in_trixie in common.sh), holding the build lock.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
+in_trixie "$@"
+hold_build_lock
 
 dir=${1:-$BUILDDIR}
 meson test -C "$dir" --no-rebuild --print-errorlogs --num-processes "$(nproc)" \

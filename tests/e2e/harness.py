@@ -38,6 +38,7 @@ slot with a single byte pattern, so an expected disk is a raw file that
 'qemu-img compare' checks byte for byte.
 """
 
+import grp
 import hashlib
 import json
 import os
@@ -131,8 +132,10 @@ DAC_XATTRS = ("trusted.libvirt.security.dac", "trusted.libvirt.security.ref_dac"
 
 
 def qemu_ids():
-    pw = pwd.getpwnam(QEMU_USER)
-    return (pw.pw_uid, pw.pw_gid)
+    """The user and group QEMU runs as: scripts/daemon.sh's qemu.conf names
+    the group of the user's name, as Debian's build does (qemu_group), which
+    is not the user's primary group where trixie's postinst made it (kvm)."""
+    return (pwd.getpwnam(QEMU_USER).pw_uid, grp.getgrnam(QEMU_USER).gr_gid)
 
 
 def dac_xattrs(path):
