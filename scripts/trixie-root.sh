@@ -34,8 +34,9 @@ PACKAGES=(
     meson ninja-build pkgconf ccache git xz-utils clang-format gettext
     # AppArmor, so that virt-aa-helper and the AppArmor driver build and run
     libapparmor-dev apparmor
-    # the daemons and the tests
-    dbus adduser iproute2 strace python3-pytest python3-libvirt python3-lxml
+    # the daemons and the tests (chattr: e2fsprogs is not in trixie's
+    # buildd variant)
+    dbus adduser iproute2 strace e2fsprogs python3-pytest python3-libvirt python3-lxml
 )
 # Only where the suite has it.
 OPTIONAL_PACKAGES=(qemu-block-extra)
