@@ -4,7 +4,8 @@
 # the Debian apply check and the end-to-end suite (QEMU under TCG and
 # qemu-img, mostly waiting) run in the foreground.  On 2 CPUs both take
 # about 26 minutes side by side (measured on a clean clone: 29 minutes for
-# all of 'make check'), where one after the other they would add up.  Its
+# all of 'make check'; in the trixie root 23 for e2e and about 26 for the
+# series check), where one after the other they would add up.  Its
 # output is shown when both are done.
 set -uo pipefail
 . "$(dirname "$0")/common.sh"

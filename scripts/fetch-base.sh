@@ -28,6 +28,9 @@ ensure_deb_src() {
     if apt-cache showsrc libvirt 2>/dev/null | grep "^Version: $LIBVIRT_VERSION-" >/dev/null; then
         return 0
     fi
+    # In the trixie root (the e2e suite runs this script there) its own
+    # sources are all there is: never change the cached root's apt setup.
+    inside_trixie && die "no deb-src reachable: the trixie root's sources list no libvirt $LIBVIRT_VERSION"
     uri=$(debian_archive_uri || true)
     if [ -z "$uri" ]; then
         apt-get update -q >/dev/null || true
