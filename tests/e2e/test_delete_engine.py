@@ -393,7 +393,9 @@ def test_abort_refused_while_merging(make_domain):
     begun writing, which only goes forward, so every abort is refused with
     an error that says so, and the delete finishes with nothing lost.
     Plain 11.3.0 sent QEMU 'migrate_cancel' and reported success while the
-    delete went on.  'virsh blockjob --info' shows the commit meanwhile."""
+    delete went on.  'virsh blockjob --info' shows the commit meanwhile, and
+    'virsh domjobinfo' the bytes merged so far, growing towards the total
+    (11.3.0 showed only the time)."""
     def big(d):
         return {"vda": create_image(os.path.join(d, "big.qcow2"), size=BIG)}
 
@@ -418,8 +420,15 @@ def test_abort_refused_while_merging(make_domain):
 
     worker = threading.Thread(target=delete)
     worker.start()
-    aborts, jobs = [], []
+    aborts, jobs, progress = [], [], []
     while worker.is_alive():
+        try:
+            stats = dom.jobStats(0)
+        except libvirt.libvirtError:
+            stats = {}
+        if stats.get("type") == libvirt.VIR_DOMAIN_JOB_UNBOUNDED and "data_total" in stats:
+            progress.append((stats["data_processed"], stats["data_remaining"],
+                             stats["data_total"]))
         try:
             dom.abortJob()
             aborts.append("aborted")
@@ -442,6 +451,12 @@ def test_abort_refused_while_merging(make_domain):
     assert "it will finish" in refused[0], refused[0]
     assert any(j.get("type") == libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT
                for j in jobs), "no commit shown on vda: %s" % jobs[:3]
+    # the delete copies what the overlay holds: at least the 512 MiB written
+    assert progress and all(t >= BIG and p + r == t for p, r, t in progress), progress
+    done = [p for p, _, _ in progress]
+    assert done == sorted(done), "the bytes merged went back: %s" % done
+    assert any(0 < p < progress[0][2] for p in done), (
+        "domjobinfo never showed the merge part done: %s" % progress)
 
     assert td.dom.snapshotNum(0) == 0
     assert td.top("vda") == own and not os.path.exists(overlay)
