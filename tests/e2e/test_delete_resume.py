@@ -77,7 +77,6 @@ import subprocess
 import threading
 
 import libvirt
-import libvirt_qemu
 import pytest
 from lxml import etree
 
@@ -86,7 +85,7 @@ from faults import (
     OFFLINE_POINTS, PHASE, SHAPES, Deleter, Log, alive, chain, daemon_pid, hold_monitor_write,
     interrupt_offline, journal, kill_daemon, proven, qemu_pid, recv_queue, resume_lines,
     start_daemon, wait_resumed, wait_until)
-from harness import DELETE_CHILDREN, create_image, disk_alias, error_of, files_state, run, stamp
+from harness import DELETE_CHILDREN, create_image, error_of, files_state, run, stamp
 import test_delete_branched as branched
 import test_delete_mixed as mixed
 
@@ -482,7 +481,6 @@ def test_resume_checks_chain_on_disk(make_domain, workdir):
 # -- commits still running at reconnect ------------------------------------------
 
 BIG = {"vda": 1024 * 1024 * 1024, "vdb": 512 * 1024 * 1024}
-CHUNK = 64 * 1024 * 1024
 PATTERN = {"vda": 0x5a, "vdb": 0x6b}
 
 
@@ -500,16 +498,10 @@ def test_kill_with_commit_running(make_domain, workdir):
 
     td, o = make_domain(disks=("vda", "vdb"), images=big, running=True)
     own = td.tops()
-    td.snapshot("s1")
+    o.snapshot("s1")
     for t, size in BIG.items():
-        dev = "/machine/peripheral/%s/virtio-backend" % disk_alias(t)
-        for off in range(0, size, CHUNK):
-            for cmd in ("write -P %d %d %d" % (PATTERN[t], off, CHUNK), "flush"):
-                out = libvirt_qemu.qemuMonitorCommand(
-                    td.dom, 'qemu-io -d %s "%s"' % (dev, cmd),
-                    libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
-                assert not out.strip(), out
-    td.snapshot("s2")
+        td.fill(t, PATTERN[t], size)
+    o.snapshot("s2")
 
     qpid = qemu_pid(td)
     deleter = Deleter(td, "s1", 0)
@@ -536,7 +528,7 @@ def test_kill_with_commit_running(make_domain, workdir):
     assert not [d for d in td.disks if td.dom.blockJobInfo(d, 0)], "a block job is left"
     saved = etree.fromstring(td.dom.snapshotLookupByName("s2").getXMLDesc(0))
     for t in td.disks:
-        src = saved.find("domain/devices/disk[target/@dev='%s']/source" % t)
+        src = saved.xpath("domain/devices/disk[target/@dev=$t]/source", t=t)[0]
         assert src.get("file") == own[t], etree.tostring(src)
         out = run("qemu-io", "-r", "-U", "-f", "qcow2", "-c",
                   "read -P %d 0 %d" % (PATTERN[t], BIG[t]),
