@@ -3,7 +3,10 @@
 # patched libvirt tree?  Debian's packaging tarball comes with the base; its
 # debian/patches are applied in quilt order onto 'base' in a scratch worktree,
 # then the series with 'git am', exactly as a packager dropping our patches
-# into debian/patches would stack them.
+# into debian/patches would stack them.  A patch whose message names the
+# Debian patch that already carries its fix ('Debian-Carries: <path>' in
+# debian/patches) is left out, once that patch is checked to be in Debian's
+# series.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
@@ -36,9 +39,20 @@ git -C "$wt" add -A
 git -C "$wt" -c user.name="$GIT_COMMITTER_NAME" -c user.email="$GIT_COMMITTER_EMAIL" \
     commit -q -m "Debian $(basename "$debtar" .debian.tar.xz): $n patches from debian/patches"
 
-mapfile -t patches < <(series_patches)
+patches=()
+carried=0
+while read -r f; do
+    debpatch=$(sed -n 's/^Debian-Carries: //p' "$f" | sed -n 1p)
+    if [ -z "$debpatch" ]; then
+        patches+=("$f")
+        continue
+    fi
+    grep -qxF "$debpatch" "$scratch/debian/patches/series" ||
+        die "$(basename "$f") says Debian carries its fix as $debpatch, which is not in Debian's series"
+    carried=$((carried + 1))
+done < <(series_patches)
 if [ ${#patches[@]} -gt 0 ] && ! git -C "$wt" am -q "${patches[@]}" > "$scratch/am.log" 2>&1; then
     die "the series does not apply on Debian's patched tree ($n Debian patches):
 $(cat "$scratch/am.log")"
 fi
-echo "debian: ${#patches[@]} passed, 0 failed (series applies on $(basename "$debtar" .debian.tar.xz) with its $n patches)"
+echo "debian: ${#patches[@]} passed, 0 failed, $carried carried by Debian already (series applies on $(basename "$debtar" .debian.tar.xz) with its $n patches)"

@@ -229,19 +229,31 @@ class TestDomain:
     def write(self, target, slot, pattern):
         off, ln = slot * SLOT, SLOT
         if self.running():
-            dev = "/machine/peripheral/%s/virtio-backend" % disk_alias(target)
-            for cmd in ("write -P %d %d %d" % (pattern, off, ln), "flush"):
-                out = libvirt_qemu.qemuMonitorCommand(
-                    self.dom, 'qemu-io -d %s "%s"' % (dev, cmd),
-                    libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
-                # qemu-io reports success on QEMU's stdout (the domain log);
-                # anything the monitor answers is an error.
-                if out.strip():
-                    raise AssertionError("qemu-io %s on %s: %s" % (cmd, target, out))
+            self.qemu_io(target, "write -P %d %d %d" % (pattern, off, ln))
         else:
             top = self.top(target)
             run("qemu-io", "-f", image_format(top), "-c",
                 "write -P %d %d %d" % (pattern, off, ln), top)
+
+    def qemu_io(self, target, command):
+        """qemu-io @command on a running domain's disk, inside QEMU, then a
+        flush."""
+        dev = "/machine/peripheral/%s/virtio-backend" % disk_alias(target)
+        for cmd in (command, "flush"):
+            out = libvirt_qemu.qemuMonitorCommand(
+                self.dom, 'qemu-io -d %s "%s"' % (dev, cmd),
+                libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+            # qemu-io reports success on QEMU's stdout (the domain log);
+            # anything the monitor answers is an error.
+            if out.strip():
+                raise AssertionError("qemu-io %s on %s: %s" % (cmd, target, out))
+
+    def fill(self, target, pattern, size, chunk=64 * 1024 * 1024):
+        """Write @pattern over the first @size bytes of a running domain's
+        disk (far more than the SLOTS the oracle models: for tests that
+        need a merge to take a while)."""
+        for off in range(0, size, chunk):
+            self.qemu_io(target, "write -P %d %d %d" % (pattern, off, min(chunk, size - off)))
 
     # -- snapshots ---------------------------------------------------------
     def snapshot_xml(self, name, disks=None, memory=None):

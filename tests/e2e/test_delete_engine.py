@@ -13,13 +13,15 @@ unless a comment says why one state cannot exist.
 """
 
 import os
+import threading
+import time
 
 import libvirt
 import pytest
 from lxml import etree
 
 from harness import (DELETE_CHILDREN, DELETE_CHILDREN_ONLY, DELETE_METADATA,
-                     error_of, files_state, run, virsh)
+                     create_image, error_of, files_state, run, virsh)
 
 STATES = ["running", "shutoff"]
 TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -374,3 +376,90 @@ def test_delete_management_app(make_domain, state, flags):
     if flags & DELETE_CHILDREN_ONLY:
         assert snap.numChildren(0) == 0 and snap.isCurrent(0) == 1
     after_delete(o)
+
+
+# -- aborting a delete --------------------------------------------------------
+# Running only: virDomainAbortJob needs a running domain.
+
+BIG = 512 * 1024 * 1024
+
+
+@pytest.mark.series
+def test_abort_refused_while_merging(make_domain):
+    """virDomainAbortJob ('virsh domjobabort'), asked again and again from
+    a second connection while a live delete commits 512 MiB: the delete has
+    begun writing, which only goes forward, so every abort is refused with
+    an error that says so, and the delete finishes with nothing lost.
+    Plain 11.3.0 sent QEMU 'migrate_cancel' and reported success while the
+    delete went on.  'virsh blockjob --info' shows the commit meanwhile, and
+    'virsh domjobinfo' the bytes merged so far, growing towards the total
+    (11.3.0 showed only the time)."""
+    def big(d):
+        return {"vda": create_image(os.path.join(d, "big.qcow2"), size=BIG)}
+
+    td, _ = make_domain(images=big, running=True)
+    own = td.top("vda")
+    td.snapshot("s1")
+    overlay = td.top("vda")
+    td.fill("vda", 0x5a, BIG)
+
+    other = libvirt.open(None)
+    dom = other.lookupByName(td.name)
+    result = {}
+
+    def delete():
+        result["error"] = error_or_none(td.delete, "s1")
+
+    worker = threading.Thread(target=delete)
+    worker.start()
+    aborts, jobs, progress = [], [], []
+    while worker.is_alive():
+        try:
+            stats = dom.jobStats(0)
+        except libvirt.libvirtError:
+            stats = {}
+        if stats.get("type") == libvirt.VIR_DOMAIN_JOB_UNBOUNDED and "data_total" in stats:
+            progress.append((stats["data_processed"], stats["data_remaining"],
+                             stats["data_total"]))
+        try:
+            dom.abortJob()
+            aborts.append("aborted")
+        except libvirt.libvirtError as e:
+            aborts.append(str(e))
+        try:
+            info = dom.blockJobInfo("vda", 0)
+        except libvirt.libvirtError:
+            info = None
+        if info:
+            jobs.append(info)
+        time.sleep(0.02)
+    worker.join()
+    other.close()
+
+    assert result["error"] is None, result["error"]
+    assert "aborted" not in aborts, "an abort reported success: %s" % aborts
+    refused = [a for a in aborts if "cannot abort the snapshot delete" in a]
+    assert refused, "no abort reached the delete while it ran: %s" % aborts
+    assert "it will finish" in refused[0], refused[0]
+    assert any(j.get("type") == libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT
+               for j in jobs), "no commit shown on vda: %s" % jobs[:3]
+    # the delete copies what the overlay holds: at least the 512 MiB written
+    assert progress and all(t >= BIG and p + r == t for p, r, t in progress), progress
+    done = [p for p, _, _ in progress]
+    assert done == sorted(done), "the bytes merged went back: %s" % done
+    assert any(0 < p < progress[0][2] for p in done), (
+        "domjobinfo never showed the merge part done: %s" % progress)
+
+    assert td.dom.snapshotNum(0) == 0
+    assert td.top("vda") == own and not os.path.exists(overlay)
+    td.stop()
+    out = run("qemu-io", "-r", "-f", "qcow2", "-c", "read -P 0x5a 0 %d" % BIG, own).stdout
+    assert "verification failed" not in out, out
+
+
+def error_or_none(fn, *args):
+    try:
+        fn(*args)
+    except libvirt.libvirtError as e:
+        return e
+    return None

@@ -69,6 +69,7 @@ refused with the reason if it still cannot be finished.
 The tests kill the private daemon: do not run them alongside other e2e
 tests on the same daemon.
 """
+import json
 import os
 import re
 import signal
@@ -77,13 +78,14 @@ import threading
 
 import libvirt
 import pytest
+from lxml import etree
 
 import faults
 from faults import (
     OFFLINE_POINTS, PHASE, SHAPES, Deleter, Log, alive, chain, daemon_pid, hold_monitor_write,
     interrupt_offline, journal, kill_daemon, proven, qemu_pid, recv_queue, resume_lines,
     start_daemon, wait_resumed, wait_until)
-from harness import DELETE_CHILDREN, error_of, files_state, run, stamp
+from harness import DELETE_CHILDREN, create_image, error_of, files_state, run, stamp
 import test_delete_branched as branched
 import test_delete_mixed as mixed
 
@@ -474,3 +476,63 @@ def test_resume_checks_chain_on_disk(make_domain, workdir):
     o.delete("s2")
     assert journal(td) is None
     proven(o)
+
+
+# -- commits still running at reconnect ------------------------------------------
+
+BIG = {"vda": 1024 * 1024 * 1024, "vdb": 512 * 1024 * 1024}
+PATTERN = {"vda": 0x5a, "vdb": 0x6b}
+
+
+@pytest.mark.series
+def test_kill_with_commit_running(make_domain, workdir):
+    """The daemon dies right after QEMU accepted vda's block-commit, with
+    1 GiB to merge on vda and 512 MiB on vdb; QEMU is held (SIGSTOP) until
+    the daemon is dead and restarted, so that vda's commit is still running
+    when the new daemon reconnects, and vdb's was never asked for.  The
+    resume must follow the running commit to its end, start and finish
+    vdb's, and leave no job behind; both own files then hold the data."""
+    def big(d):
+        return {t: create_image(os.path.join(d, "%s.qcow2" % t), size=n)
+                for t, n in BIG.items()}
+
+    td, o = make_domain(disks=("vda", "vdb"), images=big, running=True)
+    own = td.tops()
+    o.snapshot("s1")
+    for t, size in BIG.items():
+        td.fill(t, PATTERN[t], size)
+    o.snapshot("s2")
+
+    qpid = qemu_pid(td)
+    deleter = Deleter(td, "s1", 0)
+    st, sock, written, _ = hold_monitor_write(td, deleter, 1, "delay_exit", workdir)
+    stopped = False
+    try:
+        assert written == "block-commit", written
+        wait_until(lambda: recv_queue(sock) > 0, "QEMU to answer block-commit")
+        os.kill(qpid, signal.SIGSTOP)
+        stopped = True
+        kill_daemon(daemon_pid(), release=st.release)
+    finally:
+        st.detach()
+    deleter.interrupted()
+    log = Log()
+    try:
+        start_daemon(td)
+    finally:
+        if stopped:
+            os.kill(qpid, signal.SIGCONT)
+    o.deleted("s1")
+    wait_resumed(td, o, log, "data")
+    assert td.running()
+    assert not [d for d in td.disks if td.dom.blockJobInfo(d, 0)], "a block job is left"
+    saved = etree.fromstring(td.dom.snapshotLookupByName("s2").getXMLDesc(0))
+    for t in td.disks:
+        src = saved.xpath("domain/devices/disk[target/@dev=$t]/source", t=t)[0]
+        assert src.get("file") == own[t], etree.tostring(src)
+        out = run("qemu-io", "-r", "-U", "-f", "qcow2", "-c",
+                  "read -P %d 0 %d" % (PATTERN[t], BIG[t]),
+                  "json:" + json.dumps({"driver": "qcow2", "backing": None,
+                                        "file": {"driver": "file",
+                                                 "filename": own[t]}})).stdout
+        assert "verification failed" not in out, out
