@@ -10,8 +10,8 @@
 #
 # The daemons run as root without systemd, cgroups or namespaces, with QEMU
 # under TCG.  QEMU runs as Debian runs it: as the system user libvirt-qemu
-# (created here as libvirt-daemon-system's postinst does), with DAC's dynamic
-# ownership and remember_owner.  There is no MAC driver (this kernel has no
+# (scripts/trixie-root.sh creates it as trixie's package does), with DAC's
+# dynamic ownership and remember_owner.  There is no MAC driver (this kernel has no
 # AppArmor); security_driver = "none" leaves DAC, which libvirt always
 # stacks, as the only one.  SNAPDEL_QEMU_USER=root runs QEMU as root without
 # DAC instead (how the series was first tested).  Sockets live in $RUNDIR
@@ -40,19 +40,6 @@ alive() {
 # Who listens on a unix socket path, if anyone does.
 socket_owner() {
     ss -xlpH 2>/dev/null | awk -v s="$1" '$5 == s { print $0 }' | head -1
-}
-
-# Debian's libvirt-daemon-system creates the QEMU user in its postinst: a
-# system group and user libvirt-qemu, home /var/lib/libvirt, no login, in kvm.
-ensure_qemu_user() {
-    [ "$QEMU_USER" = root ] && return 0
-    [ "$QEMU_USER" = libvirt-qemu ] || die "SNAPDEL_QEMU_USER: use libvirt-qemu or root"
-    getent group kvm >/dev/null || groupadd --system kvm
-    getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
-    getent passwd libvirt-qemu >/dev/null ||
-        useradd --system --gid libvirt-qemu --groups kvm --home-dir /var/lib/libvirt \
-                --no-create-home --shell /usr/sbin/nologin --comment "Libvirt Qemu" \
-                libvirt-qemu
 }
 
 write_config() {
@@ -157,7 +144,7 @@ start() {
     [ -x "$PREFIX/sbin/virtqemud" ] || die "no private build in $PREFIX; run 'make build'"
     [ "$(id -u)" -eq 0 ] || die "the private daemons run as root"
     mkdir -p "$RUNDIR/libvirt"
-    ensure_qemu_user
+    [[ $QEMU_USER =~ ^(libvirt-qemu|root)$ ]] || die "SNAPDEL_QEMU_USER: use libvirt-qemu or root"
     local before
     before=$(cat "$PREFIX"/etc/libvirt/{qemu,virtqemud,virtlogd}.conf 2>/dev/null | sha256sum)
     write_config
