@@ -251,6 +251,66 @@ class Strace:
         self.p.wait()
 
 
+class QemuImgHold:
+    """Holds the first qemu-img call whose arguments name @verb and @needle,
+    before it runs, and logs every qemu-img call to @workdir/qemu-img.log.
+
+    strace cannot pick that call: it counts injections per process, and
+    every qemu-img is a process of its own, so 'the second qemu-img execve'
+    is every process's first.  Counting the worker thread's forks does not
+    work either, since under DAC the daemon forks to check access as the
+    QEMU user.  So for as long as the hold lasts a script is bind-mounted
+    over qemu-img in this mount namespace, which is the daemon's: it runs a
+    copy of the real binary, except for the held call, which sleeps until
+    kill_daemon() kills it with the daemon."""
+
+    def __init__(self, workdir, verb, needle):
+        self.bin = shutil.which("qemu-img")
+        self.log = os.path.join(workdir, "qemu-img.log")
+        self.mark = os.path.join(workdir, "qemu-img.held")
+        real = os.path.join(workdir, "qemu-img.real")
+        script = os.path.join(workdir, "qemu-img.hold")
+        shutil.copy2(self.bin, real)
+        with open(script, "w") as f:
+            f.write('#!/bin/sh\n'
+                    'echo "$*" >> "%s"\n'
+                    'case " $* " in\n'
+                    '*" %s "*"%s"*)\n'
+                    '    if mkdir "%s" 2>/dev/null; then\n'
+                    '        echo $$ > "%s/pid"; exec sleep 3600\n'
+                    '    fi ;;\n'
+                    'esac\n'
+                    'exec "%s" "$@"\n' % (self.log, verb, needle, self.mark, self.mark, real))
+        os.chmod(script, 0o755)
+        run("mount", "--bind", script, self.bin)
+        self.mounted = True
+
+    def held(self):
+        return os.path.exists(os.path.join(self.mark, "pid"))
+
+    def text(self):
+        try:
+            with open(self.log) as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def release(self):
+        pass                # the held call is the daemon's child: killed with it
+
+    def detach(self):
+        """Unmount the script; a call still held (the test failed before
+        the kill) is killed, so the daemon goes on with an error."""
+        if self.mounted:
+            run("umount", self.bin)
+            self.mounted = False
+        if self.held():
+            with open(os.path.join(self.mark, "pid")) as f:
+                pid = int(f.read().strip() or 0)
+            if pid and alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 class Deleter(threading.Thread):
     """virDomainSnapshotDelete on a connection of its own, in the background:
     the call does not return while the daemon is held."""
@@ -392,13 +452,8 @@ def hold_offline(td, point, workdir):
                                    "-e", "inject=execve:delay_enter=%s:when=1" % HOLD], workdir)
         return st, lambda t: re.search(r'execve\("[^"]*qemu-img"', t)
     if point == "commit-rebase":
-        # held as the second qemu-img (the rebase) starts; counting forks
-        # would not do: under DAC the daemon also forks to check access to
-        # the images as the QEMU user (virFileAccessibleAs)
-        st = Strace(daemon_pid(), ["-e", "trace=execve", "-P", shutil.which("qemu-img"),
-                                   "-e", "inject=execve:delay_enter=%s:when=2" % HOLD],
-                    workdir)
-        return st, lambda t: len(re.findall(r'execve\("[^"]*qemu-img"', t)) >= 2
+        st = QemuImgHold(workdir, "rebase", "%s-vda.s3" % td.name)
+        return st, lambda t: st.held()
     if point == "first-xml":
         paths = [os.path.join(snapshot_dir(td), "%s.xml" % s) for s in ("s1", "s2", "s3")]
         nth = 1
@@ -431,9 +486,9 @@ def interrupt_offline(td, victim, flags, point, workdir, while_held=None):
         assert j and j["phase"] == PHASE[point] and j["snapshot"] == victim, (
             "at %s the journal is %s:\n%s" % (point, j, trace))
         if point == "commit-rebase":
-            execs = re.findall(r'execve\("[^"]*qemu-img", \[(.*?)\]', trace)
-            assert (len(execs) == 2 and '"commit"' in execs[0] and "vda" in execs[0] and
-                    '"rebase"' in execs[1]), trace
+            calls = [c for c in trace.splitlines() if re.match(r"(commit|rebase) ", c)]
+            assert (len(calls) == 2 and calls[0].startswith("commit ") and "-vda.s2" in calls[0]
+                    and calls[1].startswith("rebase ")), trace
         if point == "first-xml":
             assert re.search(r"/s[123]\.xml\"\) += 0 \(DELAYED\)", trace), trace
         result = while_held() if while_held else None

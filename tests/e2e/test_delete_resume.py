@@ -12,16 +12,18 @@ sleep:
 
     first-exec     execve of the first qemu-img (held before it runs): the
                    journal says 'data', no image was written
-    commit-rebase  the fork of the second qemu-img in the worker thread: vda's
-                   'qemu-img commit' is done, its 'qemu-img rebase -u' not
-                   (only the middle snapshot s2 has a rebase)
+    commit-rebase  vda's 'qemu-img rebase -u', held before it runs by a
+                   script bind-mounted over qemu-img (faults.QemuImgHold):
+                   vda's 'qemu-img commit' is done, its rebase not (only the
+                   middle snapshot s2 has a rebase)
     metadata       the rename that writes the journal's 'metadata' phase
     first-xml      the rename of the first snapshot XML rewritten
     cleanup        the rename that writes the journal's 'cleanup' phase
 
   strace counts each injection per thread (per process for execve), so the
   renames are picked with -P (only renames of the journal, or of a snapshot
-  XML, are counted) and the second qemu-img by the worker's second fork.
+  XML, are counted); no strace option picks the second qemu-img, hence the
+  script.
   A thread strace holds does not die of SIGKILL until strace lets it go, so
   strace is killed right after the signals: the kernel detaches the held
   thread, which then dies without running any more of its code.
