@@ -13,6 +13,10 @@
 #                 (virsh, qemu-img, python3); 'make shell CMD="virsh list"'
 #   make env      its shell exports (for use in the root): eval "$(make -s env)"
 #   make stop     stop the daemons; running VMs keep running
+#   make deb      trixie's libvirt .debs with the series, in build/debs
+#                 (not part of make check; about N minutes)
+#   make deb-check  install them in a fresh copy of the trixie root and run
+#                 e2e tests against the packaged daemon (not part of make check)
 #   make bench    time snapshot deletes: unpatched base vs. build/prefix vs. dd
 #                 (not part of make check; BENCH_REPS=5)
 #   make soak     random walks of snapshot operations over many seeds
@@ -29,7 +33,7 @@ SOAK_FIRST ?= 1000
 SOAK_STEPS ?= 60
 
 .PHONY: run stop status env shell deps base tree build export check unit lint \
-        check-series check-debian e2e soak bench clean distclean
+        check-series check-debian e2e soak bench deb deb-check clean distclean
 
 run: build
 	@$(S)/daemon.sh start
@@ -77,6 +81,12 @@ check-series:
 
 check-debian:
 	@$(S)/check-debian.sh
+
+deb: tree
+	@$(S)/deb.sh
+
+deb-check: deb
+	@$(S)/deb-check.sh $(PYTEST_ARGS)
 
 e2e:
 	@$(S)/e2e.sh $(E2E) $(PYTEST_ARGS)

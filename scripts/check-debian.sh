@@ -7,8 +7,20 @@
 # Debian patch that already carries its fix ('Debian-Carries: <path>' in
 # debian/patches) is left out, once that patch is checked to be in Debian's
 # series.
+#
+#   check-debian.sh                check only
+#   check-debian.sh --export DIR   also write the series as it applies on
+#                                  Debian's tree into DIR, one patch per file
+#                                  without git's rename notation (quilt and
+#                                  dpkg-source want plain diffs), for 'make deb'
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
+
+export_dir=
+if [ "${1:-}" = --export ]; then
+    [ -n "${2:-}" ] || die "usage: $0 [--export DIR]"
+    export_dir=$2
+fi
 
 [ -d "$TREE/.git" ] || die "no work tree at $TREE; run 'make tree'"
 debtar=$(ls "$DL"/libvirt_"$LIBVIRT_VERSION"-*.debian.tar.xz 2>/dev/null | sort -V | tail -1)
@@ -54,5 +66,10 @@ done < <(series_patches)
 if [ ${#patches[@]} -gt 0 ] && ! git -C "$wt" am -q "${patches[@]}" > "$scratch/am.log" 2>&1; then
     die "the series does not apply on Debian's patched tree ($n Debian patches):
 $(cat "$scratch/am.log")"
+fi
+if [ -n "$export_dir" ]; then
+    rm -rf "$export_dir"
+    mkdir -p "$export_dir"
+    git -C "$wt" format-patch -q --no-renames --no-signature -o "$(realpath "$export_dir")" HEAD~${#patches[@]}
 fi
 echo "debian: ${#patches[@]} passed, 0 failed, $carried carried by Debian already (series applies on $(basename "$debtar" .debian.tar.xz) with its $n patches)"

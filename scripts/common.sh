@@ -18,6 +18,11 @@ BUILDDIR=$TREE/build
 PREFIX=$BUILD/prefix
 SERIES=$TOP/patches/series
 
+# 'make deb' (scripts/deb.sh): where the packages go, and our revision on top
+# of Debian's version (11.3.0-3+deb13u3 becomes 11.3.0-3+deb13u3+snapdel1).
+DEBS=$BUILD/debs
+DEB_REVISION=1
+
 # Unix socket paths are limited to 108 bytes and CI clones into paths we do
 # not control, so the daemons' state lives outside the checkout, in a short
 # directory named after a hash of the checkout's path: two checkouts on one
@@ -45,6 +50,20 @@ if [ -n "$INSTANCE" ]; then
     STATEDIR=$STATEDIR-$INSTANCE
 fi
 RUNDIR=$STATEDIR/run
+LOGDIR=$STATEDIR/log
+
+# SNAPDEL_PACKAGED=1: the daemons are the ones 'make deb' packaged, installed
+# in a copy of the trixie root by scripts/deb-check.sh: Debian's paths, the
+# packages' own configuration files (scripts/daemon.sh only adds what this
+# machine needs), libvirt.so from libvirt0.
+PACKAGED=${SNAPDEL_PACKAGED:-}
+if [ -n "$PACKAGED" ]; then
+    [ -z "$INSTANCE" ] || { echo "error: SNAPDEL_PACKAGED and SNAPDEL_INSTANCE exclude each other" >&2; exit 1; }
+    PREFIX=/usr
+    STATEDIR=/var
+    RUNDIR=/run
+    LOGDIR=/var/log/libvirt
+fi
 
 # Who QEMU runs as (scripts/daemon.sh): libvirt-qemu under DAC, as on Debian,
 # or root without DAC.

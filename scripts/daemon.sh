@@ -29,7 +29,6 @@ SOCK_LOGD=$RUNDIR/libvirt/virtlogd-sock
 SOCK_QEMU=$RUNDIR/libvirt/virtqemud-sock
 PID_LOGD=$RUNDIR/virtlogd.pid
 PID_QEMU=$RUNDIR/virtqemud.pid
-LOGDIR=$STATEDIR/log
 
 alive() {
     local pid
@@ -42,7 +41,30 @@ socket_owner() {
     ss -xlpH 2>/dev/null | awk -v s="$1" '$5 == s { print $0 }' | head -1
 }
 
+# The packaged daemons (SNAPDEL_PACKAGED, see common.sh) keep Debian's
+# configuration files as the packages installed them.  Appended once: what
+# this machine needs (no systemd, no cgroups, no namespaces) and the debug
+# log the tests read.  QEMU's user, DAC and the security drivers stay
+# Debian's defaults (libvirt-qemu, dynamic_ownership, remember_owner; the
+# AppArmor driver finds no AppArmor in this kernel and steps aside).
+write_packaged_config() {
+    local mark="# Added by the snapdel patch queue (scripts/daemon.sh)"
+    grep -qxF "$mark" /etc/libvirt/qemu.conf ||
+        printf '\n%s: this machine has no\n# systemd, cgroups or namespaces for QEMU.\ncgroup_controllers = [ ]\nnamespaces = [ ]\n' \
+            "$mark" >> /etc/libvirt/qemu.conf
+    grep -qxF "$mark" /etc/libvirt/virtqemud.conf ||
+        printf '\n%s: the debug log the tests read.\nlog_filters = "%s"\nlog_outputs = "1:file:%s/virtqemud.log"\n' \
+            "$mark" "$LOG_FILTERS" "$LOGDIR" >> /etc/libvirt/virtqemud.conf
+    mkdir -p "$LOGDIR"
+}
+
+LOG_FILTERS="1:qemu.qemu_snapshot 1:qemu.qemu_block 1:qemu.qemu_blockjob 1:qemu.qemu_monitor 3:*"
+
 write_config() {
+    if [ -n "$PACKAGED" ]; then
+        write_packaged_config
+        return 0
+    fi
     local etc=$PREFIX/etc/libvirt
     mkdir -p "$etc" "$LOGDIR" "$STATEDIR/images"
     if [ "$QEMU_USER" = root ]; then
@@ -72,7 +94,7 @@ EOS
     fi
     cat > "$etc/virtqemud.conf" <<EOS
 # Written by the snapdel patch queue (scripts/daemon.sh); edits are lost.
-log_filters = "1:qemu.qemu_snapshot 1:qemu.qemu_block 1:qemu.qemu_blockjob 1:qemu.qemu_monitor 3:*"
+log_filters = "$LOG_FILTERS"
 log_outputs = "1:file:$LOGDIR/virtqemud.log"
 ${VIRTQEMUD_CONF_EXTRA:-}
 EOS
@@ -112,7 +134,7 @@ start_one() {
     shift 3
     if alive "$pidfile"; then
         # A daemon older than its binary would test yesterday's build.
-        if [ -n "$(find "$PREFIX/sbin/$name" "$PREFIX/lib" -newer "$pidfile" \
+        if [ -z "$PACKAGED" ] && [ -n "$(find "$PREFIX/sbin/$name" "$PREFIX/lib" -newer "$pidfile" \
                    -name "$name" -o -newer "$pidfile" -name '*.so*' | head -1)" ]; then
             say "$name was rebuilt since it started; restarting it"
             stop_one "$name" "$pidfile"
@@ -146,9 +168,11 @@ start() {
     mkdir -p "$RUNDIR/libvirt"
     [[ $QEMU_USER =~ ^(libvirt-qemu|root)$ ]] || die "SNAPDEL_QEMU_USER: use libvirt-qemu or root"
     local before
-    before=$(cat "$PREFIX"/etc/libvirt/{qemu,virtqemud,virtlogd}.conf 2>/dev/null | sha256sum)
+    local etc=$PREFIX/etc/libvirt
+    [ -n "$PACKAGED" ] && etc=/etc/libvirt
+    before=$(cat "$etc"/{qemu,virtqemud,virtlogd}.conf 2>/dev/null | sha256sum)
     write_config
-    if [ "$before" != "$(cat "$PREFIX"/etc/libvirt/{qemu,virtqemud,virtlogd}.conf | sha256sum)" ]; then
+    if [ "$before" != "$(cat "$etc"/{qemu,virtqemud,virtlogd}.conf | sha256sum)" ]; then
         CONFIG_CHANGED=1
     fi
     start_one virtlogd "$PID_LOGD" "$SOCK_LOGD"

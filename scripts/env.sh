@@ -3,13 +3,22 @@
 # at the private build and daemon:   eval "$(make -s env)"
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
-cat <<EOS
+if [ -n "$PACKAGED" ]; then
+    # Debian's paths: virsh and libvirt.so are where the packages put them
+    echo "export SNAPDEL_PACKAGED=1"
+else
+    cat <<EOS
 export PATH="$PREFIX/bin:$PREFIX/sbin:\$PATH"
 export LD_LIBRARY_PATH="$PREFIX/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+unset SNAPDEL_PACKAGED
+EOS
+fi
+cat <<EOS
 export LIBVIRT_DEFAULT_URI="qemu:///system"
 export SNAPDEL_PREFIX="$PREFIX"
 export SNAPDEL_STATEDIR="$STATEDIR"
 export SNAPDEL_RUNDIR="$RUNDIR"
+export SNAPDEL_LOGDIR="$LOGDIR"
 export SNAPDEL_QEMU_USER="$QEMU_USER"
 EOS
 # The instance too (the e2e suite skips what needs the series when it talks

@@ -6,10 +6,13 @@
 #   root=$(scripts/trixie-root.sh)                   create or reuse it, print its path
 #   scripts/trixie-root.sh run [--bind DIR]... CMD   run CMD in it (chroot), DIR
 #                                                    bind-mounted at the same path
+#   scripts/trixie-root.sh run --overlay DIR [--bind DIR]... CMD
+#                                                    the same in a copy of it: an
+#                                                    overlay whose changes go to DIR
 #
-# The root is /var/cache/snapdel/trixie-<hash>, where <hash> covers this
-# script (and so the package list), the suite and the mirror: an unchanged
-# script reuses the root, a changed one builds a new one.  Roots no run has
+# The root is /var/cache/snapdel/trixie-<hash>, where <hash> covers what it
+# is built from (the package lists, the code that builds it, the suite and
+# the mirror): unchanged inputs reuse the root, changed ones build a new one.  Roots no run has
 # used for a week are removed when a new one is built.  A root is built in a temporary directory and renamed into place when complete,
 # so an interrupted run never leaves a root that looks done.  The packages
 # come from the Debian mirror this machine's apt configuration already uses.
@@ -112,12 +115,11 @@ MIRROR=$(apt_uri "$host_release")
 [ -n "$MIRROR" ] || die "no Debian archive for $host_release in this machine's apt configuration (/etc/apt/sources.list, /etc/apt/sources.list.d/)"
 SECURITY=$(apt_uri "$host_release-security")
 
-hash=$(cat "${BASH_SOURCE[0]}" - <<< "$SUITE $ARCH $MIRROR $SECURITY" | sha256sum | cut -c1-12)
-ROOT=$CACHE/trixie-$hash
-LOG=$CACHE/trixie-$hash.log
 
 # Run CMD in ROOT with /proc, /sys (read-only, without the host's security
 # and cgroup file systems) and /dev, and each --bind DIR at the same path.
+# With --overlay DIR first, CMD runs in a writable copy of ROOT instead: an
+# overlay mount whose changes land in DIR/upper (ROOT itself is not written).
 in_root() {
     local root=$1
     shift
@@ -125,6 +127,14 @@ in_root() {
         set -euo pipefail
         root=$1
         shift
+        if [ "${1:-}" = --overlay ]; then
+            ov=$(realpath -e "$2")
+            shift 2
+            mkdir -p "$ov/upper" "$ov/work" "$ov/root"
+            mount -t overlay overlay \
+                -o "lowerdir=$root,upperdir=$ov/upper,workdir=$ov/work" "$ov/root"
+            root=$ov/root
+        fi
         while [ "${1:-}" = --bind ]; do
             dir=$(realpath -e "$2")
             mkdir -p "$root$dir"
@@ -283,6 +293,15 @@ ensure_root() {
     exec 9>&-
 }
 
+# What the root is built from: the package lists, the functions that build
+# it, the suite and the mirror (not how it is entered, so that changing that
+# keeps the root).
+hash=$({ printf '%s\n' "${PACKAGES[@]}" "${OPTIONAL_PACKAGES[@]}" "${BUILD_DEPENDS[@]}"
+         declare -f build_root write_sources
+         echo "$SUITE $ARCH $MIRROR $SECURITY"; } | sha256sum | cut -c1-12)
+ROOT=$CACHE/trixie-$hash
+LOG=$CACHE/trixie-$hash.log
+
 case "${1:-}" in
     "")
         ensure_root
@@ -290,10 +309,10 @@ case "${1:-}" in
         ;;
     run)
         shift
-        [ $# -gt 0 ] || die "usage: $0 run [--bind DIR]... CMD [ARG]..."
+        [ $# -gt 0 ] || die "usage: $0 run [--overlay DIR] [--bind DIR]... CMD [ARG]..."
         ensure_root
         cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
         in_root "$ROOT" "$@"
         ;;
-    *) die "usage: $0 [run [--bind DIR]... CMD [ARG]...]" ;;
+    *) die "usage: $0 [run [--overlay DIR] [--bind DIR]... CMD [ARG]...]" ;;
 esac

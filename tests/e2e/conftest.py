@@ -3,14 +3,20 @@ sets the environment (scripts/env.sh) before pytest runs."""
 
 import os
 import shutil
+import subprocess
 
 import libvirt
 import pytest
 
 from harness import Oracle, TestDomain, short_name
 
+# 'make deb-check' runs the suite against the daemon of the .debs that
+# 'make deb' built, installed in a copy of the trixie root (Debian's paths)
+PACKAGED = bool(os.environ.get("SNAPDEL_PACKAGED"))
+
 # one per daemon (checkout and instance): two checkouts' suites may run at once
-WORKROOT = "/var/tmp/snapdel-e2e-" + os.path.basename(os.environ.get("SNAPDEL_STATEDIR", "x"))
+WORKROOT = "/var/tmp/snapdel-e2e-" + (
+    "deb" if PACKAGED else os.path.basename(os.environ.get("SNAPDEL_STATEDIR", "x")))
 
 # 'SNAPDEL_INSTANCE=base make e2e' runs against the unpatched 11.3.0 that
 # scripts/bench.sh builds (instance 'base', see scripts/common.sh): tests
@@ -25,10 +31,17 @@ def pytest_configure(config):
         "unpatched base (SNAPDEL_INSTANCE=base)")
     # Errors are raised as exceptions and asserted; do not print them too.
     libvirt.registerErrorHandler(lambda ctx, err: None, None)
-    # The bindings must load the libvirt.so we built, not Debian's libvirt0.
     prefix = os.environ.get("SNAPDEL_PREFIX")
     if not prefix:
         pytest.exit("SNAPDEL_PREFIX is not set: run the suite with 'make e2e'", 2)
+    if PACKAGED:
+        # libvirt0 must be ours: its version carries '+snapdel'
+        ver = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "libvirt0"],
+                             stdout=subprocess.PIPE, text=True).stdout
+        if "+snapdel" not in ver:
+            pytest.exit("libvirt0 %s is not the package 'make deb' built" % ver, 2)
+        return
+    # The bindings must load the libvirt.so we built, not Debian's libvirt0.
     want = INSTANCE + "-prefix" if INSTANCE else "prefix"
     if os.path.basename(prefix.rstrip("/")) != want:
         pytest.exit("SNAPDEL_PREFIX=%s is not the prefix of SNAPDEL_INSTANCE='%s'"

@@ -23,7 +23,7 @@ TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DAEMON = os.path.join(TOP, "scripts", "daemon.sh")
 STATEDIR = os.environ.get("SNAPDEL_STATEDIR", "")
 RUNDIR = os.environ.get("SNAPDEL_RUNDIR", "")
-LOG = os.path.join(STATEDIR, "log", "virtqemud.log")
+LOG = os.path.join(os.environ.get("SNAPDEL_LOGDIR", ""), "virtqemud.log")
 
 RESUME_TIMEOUT = 60         # seconds for a restarted daemon to finish a delete
 WAIT = 60                   # seconds for anything else the test waits for

@@ -40,7 +40,7 @@ DISKS = ("vda", "vdb")
 # -- helpers -----------------------------------------------------------------
 
 def daemon_log():
-    return os.path.join(os.environ["SNAPDEL_STATEDIR"], "log", "virtqemud.log")
+    return os.path.join(os.environ["SNAPDEL_LOGDIR"], "virtqemud.log")
 
 
 def log_size():
