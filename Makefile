@@ -17,6 +17,7 @@
 #                 (not part of make check; about N minutes)
 #   make deb-check  install them in a fresh copy of the trixie root and run
 #                 e2e tests against the packaged daemon (not part of make check)
+#   make deb-check-stock  the same with Debian's own packages (no series)
 #   make bench    time snapshot deletes: unpatched base vs. build/prefix vs. dd
 #                 (not part of make check; BENCH_REPS=5)
 #   make soak     random walks of snapshot operations over many seeds
@@ -33,7 +34,7 @@ SOAK_FIRST ?= 1000
 SOAK_STEPS ?= 60
 
 .PHONY: run stop status env shell deps base tree build export check unit lint \
-        check-series check-debian e2e soak bench deb deb-check clean distclean
+        check-series check-debian e2e soak bench deb deb-check deb-check-stock clean distclean
 
 run: build
 	@$(S)/daemon.sh start
@@ -87,6 +88,9 @@ deb: tree
 
 deb-check: deb
 	@$(S)/deb-check.sh $(PYTEST_ARGS)
+
+deb-check-stock:
+	@SNAPDEL_DEB_STOCK=1 $(S)/deb-check.sh $(PYTEST_ARGS)
 
 e2e:
 	@$(S)/e2e.sh $(E2E) $(PYTEST_ARGS)

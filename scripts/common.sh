@@ -56,8 +56,13 @@ LOGDIR=$STATEDIR/log
 # in a copy of the trixie root by scripts/deb-check.sh: Debian's paths, the
 # packages' own configuration files (scripts/daemon.sh only adds what this
 # machine needs), libvirt.so from libvirt0.
+# QEMUD is the daemon that runs the QEMU driver: the modular virtqemud for the
+# private build; Debian 13 packages only the monolithic libvirtd (its
+# debian/not-installed lists virtqemud), so that is what a trixie admin runs.
+QEMUD=virtqemud
 PACKAGED=${SNAPDEL_PACKAGED:-}
 if [ -n "$PACKAGED" ]; then
+    QEMUD=libvirtd
     [ -z "$INSTANCE" ] || { echo "error: SNAPDEL_PACKAGED and SNAPDEL_INSTANCE exclude each other" >&2; exit 1; }
     PREFIX=/usr
     STATEDIR=/var

@@ -26,9 +26,10 @@ set -euo pipefail
 in_trixie "$@"
 
 SOCK_LOGD=$RUNDIR/libvirt/virtlogd-sock
-SOCK_QEMU=$RUNDIR/libvirt/virtqemud-sock
+SOCK_QEMU=$RUNDIR/libvirt/$QEMUD-sock
+[ "$QEMUD" = libvirtd ] && SOCK_QEMU=$RUNDIR/libvirt/libvirt-sock
 PID_LOGD=$RUNDIR/virtlogd.pid
-PID_QEMU=$RUNDIR/virtqemud.pid
+PID_QEMU=$RUNDIR/$QEMUD.pid
 
 alive() {
     local pid
@@ -36,9 +37,19 @@ alive() {
     [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
 }
 
-# Who listens on a unix socket path, if anyone does.
+# Who listens on a unix socket path, if anyone does, in this root: ss lists
+# the sockets of every root on the machine, and another copy of the trixie
+# root (make deb-check, or someone's own) has its daemons at the same paths.
 socket_owner() {
-    ss -xlpH 2>/dev/null | awk -v s="$1" '$5 == s { print $0 }' | head -1
+    local line pid me
+    me=$(stat -L -c %d:%i /)
+    ss -xlpH 2>/dev/null | awk -v s="$1" '$5 == s { print $0 }' | while read -r line; do
+        pid=$(sed -n 's/.*pid=\([0-9]*\),.*/\1/p' <<< "$line")
+        if [ -z "$pid" ] || [ "$(stat -L -c %d:%i "/proc/$pid/root/" 2>/dev/null)" = "$me" ]; then
+            echo "$line"
+            break
+        fi
+    done
 }
 
 # The packaged daemons (SNAPDEL_PACKAGED, see common.sh) keep Debian's
@@ -52,9 +63,9 @@ write_packaged_config() {
     grep -qxF "$mark" /etc/libvirt/qemu.conf ||
         printf '\n%s: this machine has no\n# systemd, cgroups or namespaces for QEMU.\ncgroup_controllers = [ ]\nnamespaces = [ ]\n' \
             "$mark" >> /etc/libvirt/qemu.conf
-    grep -qxF "$mark" /etc/libvirt/virtqemud.conf ||
-        printf '\n%s: the debug log the tests read.\nlog_filters = "%s"\nlog_outputs = "1:file:%s/virtqemud.log"\n' \
-            "$mark" "$LOG_FILTERS" "$LOGDIR" >> /etc/libvirt/virtqemud.conf
+    grep -qxF "$mark" "/etc/libvirt/$QEMUD.conf" ||
+        printf '\n%s: the debug log the tests read.\nlog_filters = "%s"\nlog_outputs = "1:file:%s/%s.log"\n' \
+            "$mark" "$LOG_FILTERS" "$LOGDIR" "$QEMUD" >> "/etc/libvirt/$QEMUD.conf"
     mkdir -p "$LOGDIR"
 }
 
@@ -163,26 +174,26 @@ Stop that process, or remove it, before starting $name."
 }
 
 start() {
-    [ -x "$PREFIX/sbin/virtqemud" ] || die "no private build in $PREFIX; run 'make build'"
+    [ -x "$PREFIX/sbin/$QEMUD" ] || die "no private build in $PREFIX; run 'make build'"
     [ "$(id -u)" -eq 0 ] || die "the private daemons run as root"
     mkdir -p "$RUNDIR/libvirt"
     [[ $QEMU_USER =~ ^(libvirt-qemu|root)$ ]] || die "SNAPDEL_QEMU_USER: use libvirt-qemu or root"
     local before
     local etc=$PREFIX/etc/libvirt
     [ -n "$PACKAGED" ] && etc=/etc/libvirt
-    before=$(cat "$etc"/{qemu,virtqemud,virtlogd}.conf 2>/dev/null | sha256sum)
+    before=$(cat "$etc"/{qemu,$QEMUD,virtlogd}.conf 2>/dev/null | sha256sum)
     write_config
-    if [ "$before" != "$(cat "$etc"/{qemu,virtqemud,virtlogd}.conf | sha256sum)" ]; then
+    if [ "$before" != "$(cat "$etc"/{qemu,$QEMUD,virtlogd}.conf | sha256sum)" ]; then
         CONFIG_CHANGED=1
     fi
     start_one virtlogd "$PID_LOGD" "$SOCK_LOGD"
     wait_for virtlogd "$LOGDIR/virtlogd.log" "$PID_LOGD" 50 test -S "$SOCK_LOGD"
-    start_one virtqemud "$PID_QEMU" "$SOCK_QEMU"
+    start_one "$QEMUD" "$PID_QEMU" "$SOCK_QEMU"
     # The first start probes QEMU's capabilities, which takes a few seconds
     # under TCG; later starts read them from the cache.
-    wait_for virtqemud "$LOGDIR/virtqemud.log" "$PID_QEMU" 300 \
+    wait_for "$QEMUD" "$LOGDIR/$QEMUD.log" "$PID_QEMU" 300 \
         "$PREFIX/bin/virsh" -c qemu:///system version
-    say "virtlogd (pid $(cat "$PID_LOGD")) and virtqemud (pid $(cat "$PID_QEMU")) are running; sockets in $RUNDIR/libvirt"
+    say "virtlogd (pid $(cat "$PID_LOGD")) and $QEMUD (pid $(cat "$PID_QEMU")) are running; sockets in $RUNDIR/libvirt"
 }
 
 stop_one() {
@@ -201,11 +212,11 @@ stop_one() {
 case "${1:-}" in
     start) start ;;
     stop)
-        stop_one virtqemud "$PID_QEMU"
+        stop_one "$QEMUD" "$PID_QEMU"
         stop_one virtlogd "$PID_LOGD"
         ;;
     status)
-        for n in virtlogd virtqemud; do
+        for n in virtlogd "$QEMUD"; do
             p=$RUNDIR/$n.pid
             if alive "$p"; then echo "$n: running (pid $(cat "$p"))"; else echo "$n: stopped"; fi
         done

@@ -35,7 +35,9 @@ debver=$(basename "$debtar" .debian.tar.xz)
 debver=${debver#libvirt_}
 version=$debver+snapdel$DEB_REVISION
 
-stamp=$(cat "$0" "$debtar" "$WORK"/patches/*.patch | sha256sum | cut -c1-16)
+# (each patch without its first line, which names a commit made just now)
+stamp=$( { cat "$0" "$debtar"; for p in "$WORK"/patches/*.patch; do sed 1d "$p"; done; } |
+    sha256sum | cut -c1-16)
 stamp="$version $stamp"
 if [ -f "$DEBS/.stamp" ] && [ "$(cat "$DEBS/.stamp")" = "$stamp" ]; then
     say "packages of $version are up to date in $DEBS"

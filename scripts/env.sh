@@ -19,6 +19,7 @@ export SNAPDEL_PREFIX="$PREFIX"
 export SNAPDEL_STATEDIR="$STATEDIR"
 export SNAPDEL_RUNDIR="$RUNDIR"
 export SNAPDEL_LOGDIR="$LOGDIR"
+export SNAPDEL_QEMUD="$QEMUD"
 export SNAPDEL_QEMU_USER="$QEMU_USER"
 EOS
 # The instance too (the e2e suite skips what needs the series when it talks

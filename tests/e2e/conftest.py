@@ -11,8 +11,10 @@ import pytest
 from harness import Oracle, TestDomain, short_name
 
 # 'make deb-check' runs the suite against the daemon of the .debs that
-# 'make deb' built, installed in a copy of the trixie root (Debian's paths)
+# 'make deb' built, installed in a copy of the trixie root (Debian's paths);
+# 'make deb-check-stock' against Debian's own packages, without the series.
 PACKAGED = bool(os.environ.get("SNAPDEL_PACKAGED"))
+STOCK = PACKAGED and bool(os.environ.get("SNAPDEL_DEB_STOCK"))
 
 # one per daemon (checkout and instance): two checkouts' suites may run at once
 WORKROOT = "/var/tmp/snapdel-e2e-" + (
@@ -22,7 +24,7 @@ WORKROOT = "/var/tmp/snapdel-e2e-" + (
 # scripts/bench.sh builds (instance 'base', see scripts/common.sh): tests
 # marked 'series' need the series and are skipped there.
 INSTANCE = os.environ.get("SNAPDEL_INSTANCE", "")
-UPSTREAM = INSTANCE == "base"
+UPSTREAM = INSTANCE == "base" or STOCK
 
 
 def pytest_configure(config):
@@ -35,11 +37,13 @@ def pytest_configure(config):
     if not prefix:
         pytest.exit("SNAPDEL_PREFIX is not set: run the suite with 'make e2e'", 2)
     if PACKAGED:
-        # libvirt0 must be ours: its version carries '+snapdel'
+        # libvirt0 must be ours (its version carries '+snapdel'), or with
+        # SNAPDEL_DEB_STOCK Debian's
         ver = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "libvirt0"],
                              stdout=subprocess.PIPE, text=True).stdout
-        if "+snapdel" not in ver:
-            pytest.exit("libvirt0 %s is not the package 'make deb' built" % ver, 2)
+        if ("+snapdel" in ver) == STOCK or not ver:
+            pytest.exit("libvirt0 '%s' is not the package expected (%s)"
+                        % (ver, "Debian's" if STOCK else "the one 'make deb' built"), 2)
         return
     # The bindings must load the libvirt.so we built, not Debian's libvirt0.
     want = INSTANCE + "-prefix" if INSTANCE else "prefix"

@@ -23,7 +23,9 @@ TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DAEMON = os.path.join(TOP, "scripts", "daemon.sh")
 STATEDIR = os.environ.get("SNAPDEL_STATEDIR", "")
 RUNDIR = os.environ.get("SNAPDEL_RUNDIR", "")
-LOG = os.path.join(os.environ.get("SNAPDEL_LOGDIR", ""), "virtqemud.log")
+# the daemon that runs the QEMU driver: virtqemud, or Debian's libvirtd
+QEMUD = os.environ.get("SNAPDEL_QEMUD", "virtqemud")
+LOG = os.path.join(os.environ.get("SNAPDEL_LOGDIR", ""), QEMUD + ".log")
 
 RESUME_TIMEOUT = 60         # seconds for a restarted daemon to finish a delete
 WAIT = 60                   # seconds for anything else the test waits for
@@ -45,7 +47,7 @@ PHASE = {"first-exec": "data", "commit-rebase": "data", "metadata": "metadata",
 # -- processes ----------------------------------------------------------------
 
 def daemon_pid():
-    with open(os.path.join(RUNDIR, "virtqemud.pid")) as f:
+    with open(os.path.join(RUNDIR, QEMUD + ".pid")) as f:
         return int(f.read().strip())
 
 

@@ -395,6 +395,12 @@ class Oracle:
 
     def snapshot(self, name, disks=None, memory=None):
         self.td.snapshot(name, disks, memory)
+        self.taken(name, disks, memory)
+
+    def taken(self, name, disks=None, memory=None):
+        """Model an external snapshot @name that someone else took (a
+        management application such as virt-manager), as snapshot() would
+        have taken it: @disks and @memory as there."""
         disks = disks or {d: "external" for d in self.td.disks}
         self.snaps[name] = {
             "parent": self.current,

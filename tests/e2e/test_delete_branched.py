@@ -33,6 +33,10 @@ from harness import (DELETE_CHILDREN, DELETE_CHILDREN_ONLY, image_chain,
                      run, virsh)
 from test_delete_engine import assert_names, images_of, refused
 
+# Upstream refuses these deletes (or has no journal): they need the series
+# and are skipped against the unpatched base or Debian's own packages.
+pytestmark = pytest.mark.series
+
 STATES = ["running", "shutoff"]
 DISKS = ("vda", "vdb")
 
@@ -40,7 +44,8 @@ DISKS = ("vda", "vdb")
 # -- helpers -----------------------------------------------------------------
 
 def daemon_log():
-    return os.path.join(os.environ["SNAPDEL_LOGDIR"], "virtqemud.log")
+    return os.path.join(os.environ["SNAPDEL_LOGDIR"],
+                        os.environ.get("SNAPDEL_QEMUD", "virtqemud") + ".log")
 
 
 def log_size():

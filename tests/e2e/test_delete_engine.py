@@ -105,6 +105,7 @@ def after_delete(o):
 
 # -- --children and --children-only -----------------------------------------
 
+@pytest.mark.series
 @pytest.mark.parametrize("state", STATES)
 @pytest.mark.parametrize("victim", ["s1", "s2"], ids=["root", "middle"])
 def test_delete_children(make_domain, state, victim):
@@ -116,6 +117,7 @@ def test_delete_children(make_domain, state, victim):
     after_delete(o)
 
 
+@pytest.mark.series
 @pytest.mark.parametrize("state", STATES)
 @pytest.mark.parametrize("victim", ["s1", "s2"], ids=["root", "middle"])
 def test_delete_children_only(make_domain, state, victim):
