@@ -4,7 +4,8 @@
 #
 #   make run      install, build, start a private virtqemud + demo VM
 #   make check    every test: unit (meson test incl. syntax-check), series
-#                 lint, per-patch check, Debian apply check, end-to-end
+#                 lint, per-patch check, Debian apply check, end-to-end,
+#                 the Debian packages (make deb, make deb-check)
 #
 # Developer workflow:
 #   make tree     git tree at build/libvirt: tag 'base' plus the series as commits
@@ -14,9 +15,9 @@
 #   make env      its shell exports (for use in the root): eval "$(make -s env)"
 #   make stop     stop the daemons; running VMs keep running
 #   make deb      trixie's libvirt .debs with the series, in build/debs
-#                 (not part of make check; about N minutes)
 #   make deb-check  install them in a fresh copy of the trixie root and run
-#                 e2e tests against the packaged daemon (not part of make check)
+#                 e2e tests and virt-manager against the packaged daemon
+#                 (both are part of make check)
 #   make deb-check-stock  the same with Debian's own packages (no series)
 #   make bench    time snapshot deletes: unpatched base vs. build/prefix vs. dd
 #                 (not part of make check; BENCH_REPS=5)

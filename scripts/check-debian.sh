@@ -26,12 +26,12 @@ fi
 debtar=$(ls "$DL"/libvirt_"$LIBVIRT_VERSION"-*.debian.tar.xz 2>/dev/null | sort -V | tail -1)
 [ -n "$debtar" ] || die "no Debian packaging tarball in $DL; run 'make base'"
 
-wt=$BUILD/debian-check
+# a worktree of its own: 'make check' runs this for itself and for 'make deb'
+wt=$(mktemp -u -d "$BUILD/debian-check.XXXXXX")
 drop_worktree() {
     git -C "$TREE" worktree remove --force "$wt" >/dev/null 2>&1 || rm -rf "$wt"
     git -C "$TREE" worktree prune
 }
-drop_worktree
 scratch=$(mktemp -d "$BUILD/debian.XXXXXX")
 trap 'drop_worktree; rm -rf "$scratch"' EXIT
 tar -C "$scratch" -xJf "$debtar"
