@@ -98,11 +98,19 @@ def disk_alias(target):
     return "virtio-disk%d" % (ord(target[-1]) - ord("a"))
 
 
-def image_chain(path):
-    """The files of an image's backing chain, top first, as qemu-img sees it."""
+def image_chain(path, data_files=False):
+    """The files of an image's backing chain, top first, as qemu-img sees it;
+    with @data_files, each qcow2 image's external data file follows it."""
     out = run("qemu-img", "info", "-U", "--backing-chain", "--output=json",
               path).stdout
-    return [i["filename"] for i in json.loads(out)]
+    files = []
+    for i in json.loads(out):
+        files.append(i["filename"])
+        data = i.get("format-specific", {}).get("data", {}).get("data-file")
+        if data_files and data:
+            files.append(data if os.path.isabs(data) else
+                         os.path.join(os.path.dirname(i["filename"]), data))
+    return files
 
 
 def stamp(path):
@@ -583,7 +591,7 @@ class Oracle:
         return out, overlays, (mem.get("file") if mem is not None else None)
 
     def _chain(self, path):
-        """image_chain(path), asked of qemu-img again only when a file of the
+        """image_chain(path) with data files, asked of qemu-img again only when a file of the
         chain was written or replaced since (a backing file is named in its
         overlay's header, so the chain cannot change otherwise).  File
         timestamps are coarse (a clock tick): a file written in the last
@@ -594,7 +602,7 @@ class Oracle:
         hit = self.chains.get(path)
         if hit and all(stamp(f) == s for f, s in hit):
             return [f for f, _ in hit]
-        files = image_chain(path)
+        files = image_chain(path, data_files=True)
         stamps = [(f, stamp(f)) for f in files]
         if all(s and time.time_ns() - s[1] > 10**9 for _, s in stamps):
             self.chains[path] = stamps

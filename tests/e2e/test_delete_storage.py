@@ -10,7 +10,10 @@
     and given with REUSE_EXT and type='block', as 'virsh snapshot-create-as
     --diskspec vda,stype=block,file=/dev/loopN --reuse-external' does):
     after every merge the definitions keep each image's own type;
-  * a LUKS-encrypted disk of a shut off domain: refused up front.
+  * a LUKS-encrypted disk of a shut off domain: refused up front;
+  * a qcow2 disk whose guest data lives in an external data file
+    (data_file=): the data file is the own image's, written by the commits
+    into it, never removed.
 
 Each test deletes root first, then the rest, until no snapshot is left, and
 the disk must then be back on its own file.  The oracle checks every step.
@@ -236,3 +239,32 @@ def create_luks(path, size):
 def journal_path_of(name):
     return os.path.join(os.environ["SNAPDEL_STATEDIR"], "lib", "libvirt", "qemu",
                         "snapshot", name + ".delete-journal")
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_qcow2_data_file(make_domain, workdir, state):
+    """The disk's own qcow2 keeps its guest data in an external data file
+    (qemu-img create -o data_file=...): deleting the root commits into the
+    own image, whose clusters live in the data file.  Both files stay; the
+    disk ends on its own image, still pointing at the same data file."""
+    own = {}
+    data = {}
+
+    def images(d):
+        own["vda"] = os.path.join(d, "own.qcow2")
+        data["vda"] = os.path.join(d, "own.data")
+        run("qemu-img", "create", "-q", "-f", "qcow2", "-o", "data_file=%s" % data["vda"],
+            own["vda"], str(16 * SLOT))
+        return own
+
+    td, o = make_domain(images=images, running=(state == "running"))
+    data_inode = os.stat(data["vda"]).st_ino
+    chain3(o)
+    delete_all(td, o, own)
+    info = run("qemu-img", "info", "-U", "--output=json", own["vda"]).stdout
+    assert data["vda"] in info, info
+    assert os.stat(data["vda"]).st_ino == data_inode
+    if state == "shutoff":
+        td.start()
+    o.write_all(9)
+    o.check()
