@@ -47,6 +47,7 @@ from faults import (SHAPES, Deleter, Log, alive, chain, daemon_pid, hold_monitor
                     journal, journal_merges, kill_daemon, proven, qemu_pid, start_daemon,
                     wait_resumed, wait_until, WAIT)
 from harness import SLOT, error_of, files_state, image_chain, run
+import test_delete_branched as branched
 
 hygiene = faults.hygiene        # autouse: a daemon, and no domain left over
 
@@ -194,6 +195,70 @@ def test_out_of_space(make_domain, small_fs, state):
     small_fs(64 * 1024 * 1024)
     o.delete("s2")
     assert journal(td) is None
+    proven(o)
+
+
+@pytest.mark.series
+def test_out_of_space_domain_starts(make_domain, small_fs):
+    """Shut off, a delete that runs out of space stays pending (phase
+    'data').  The domain still starts, while the file system is still full:
+    on the chains as they are on disk, with every snapshot listed and
+    reading what it saved.  The guest writes once there is space again, and
+    the retried delete finishes it while the domain runs: the commit is
+    redone live, and the guest's newest data stays."""
+    td, o = chain(make_domain, running=False)
+    small_fs(128 * 1024)
+    assert error_of(td.delete, "s2") is not None
+    assert journal(td)["phase"] == "data"
+
+    log = Log()
+    td.start()                      # the resume fails again: still no space
+    assert td.running()
+    assert journal(td)["phase"] == "data"
+    assert td.snapshot_names() == ["s1", "s2", "s3"]
+    assert any("stays pending" in ln for ln in log.read()), log.tail()
+    o.check()
+
+    small_fs(64 * 1024 * 1024)
+    o.write_all(5)
+    o.check()
+    o.delete("s2")
+    assert journal(td) is None
+    proven(o)
+
+
+@pytest.mark.series
+def test_pending_pull_waits_for_shutoff(make_domain, small_fs):
+    """Shut off, deleting s2 of test_delete_branched.py's chain3 pulls the
+    image s2 saved up into the image s3 saved, on vda (in the disk's chain),
+    leaving the image below (s1's saved image) as it is.  Out of space the
+    delete stays pending and the domain starts anyway.  Retried while it
+    runs, the pull must not become a block commit, which would write into
+    s1's saved image: the retry is refused, nothing any snapshot reads
+    changes, and once the domain is shut off qemu-img finishes the delete."""
+    td, o = branched.chain3(make_domain, "shutoff")
+    small_fs(128 * 1024)
+    assert error_of(td.delete, "s2") is not None
+    assert [(m["disk"], m["mode"]) for m in journal_merges(td)] == [
+        ("vda", "pull"), ("vdb", "commit")], journal_merges(td)
+    td.start()
+    assert td.running() and journal(td)["phase"] == "data"
+    o.check()
+
+    small_fs(64 * 1024 * 1024)
+    o.write_all(5)
+    err = error_of(td.delete, "s2")
+    assert err is not None and "once the domain is shut off" in str(err), err
+    assert journal(td)["phase"] == "data"
+    assert td.snapshot_names() == ["s1", "s2", "s3"]
+    o.check()
+
+    td.stop()                       # the delete finishes in the background
+    wait_until(lambda: journal(td) is None and td.snapshot_names() == ["s1", "s3"],
+               "the delete to be finished once the domain is shut off")
+    o.deleted("s2")
+    o.check()
+    td.start()
     proven(o)
 
 
