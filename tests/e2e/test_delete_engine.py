@@ -452,6 +452,14 @@ def test_abort_refused_while_merging(make_domain):
     assert any(0 < p < progress[0][2] for p in done), (
         "domjobinfo never showed the merge part done: %s" % progress)
 
+    # once over, 'domjobinfo --completed' has the delete with all of it
+    # merged (plain 11.3.0 kept nothing)
+    done = td.dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+    assert done.get("type") == libvirt.VIR_DOMAIN_JOB_COMPLETED, done
+    assert done.get("operation") == libvirt.VIR_DOMAIN_JOB_OPERATION_SNAPSHOT_DELETE, done
+    assert done["data_total"] == progress[-1][2] and done["data_processed"] == done["data_total"]
+    assert done["data_remaining"] == 0, done
+
     assert td.dom.snapshotNum(0) == 0
     assert td.top("vda") == own and not os.path.exists(overlay)
     td.stop()

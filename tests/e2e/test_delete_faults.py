@@ -39,6 +39,7 @@ import re
 import signal
 import subprocess
 
+import libvirt
 import pytest
 from lxml import etree
 
@@ -182,6 +183,9 @@ def test_out_of_space(make_domain, small_fs, state):
     assert os.path.dirname(m.group(1)) == td.dir, msg
     assert float(m.group(2)) >= 1.0 and float(m.group(3)) < 1.0, msg
     assert "run the delete again" in msg, msg
+    failed = td.dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+    assert failed.get("type") == libvirt.VIR_DOMAIN_JOB_FAILED, failed
+    assert "not enough space" in failed.get("errmsg", ""), failed
 
     # nothing a reader sees has changed; the merge is pending
     assert td.snapshot_names() == names
