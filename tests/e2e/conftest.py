@@ -98,11 +98,12 @@ def make_domain(conn, workdir, request):
     that died) was cleaned up with its directory, so it can make the
     images there.  @live: target -> the SLOTS patterns the disk holds.
     @formats: target -> its image's format (qcow2 if not given); @imgdir:
-    another directory for the images."""
+    another directory for the images; @secrets: target -> the uuid of the
+    secret holding its LUKS image's passphrase (harness.PASSPHRASE)."""
     made = []
 
     def make(disks=("vda",), images=None, live=None, running=False, suffix="",
-             formats=None, imgdir=None):
+             formats=None, imgdir=None, secrets=None):
         name = "e2e-" + short_name(request.node.nodeid) + ("-" + suffix if suffix else "")
         imgdir = imgdir or os.path.join(workdir, "img" + ("-" + suffix if suffix else ""))
         old = None
@@ -117,7 +118,7 @@ def make_domain(conn, workdir, request):
         if callable(images):
             os.makedirs(imgdir, exist_ok=True)
             images = images(imgdir)
-        td = TestDomain(conn, name, imgdir, disks, images, formats)
+        td = TestDomain(conn, name, imgdir, disks, images, formats, secrets)
         made.append(td)
         oracle = Oracle(td, os.path.join(workdir, "ref"), live)
         if running:

@@ -98,13 +98,39 @@ def disk_alias(target):
     return "virtio-disk%d" % (ord(target[-1]) - ord("a"))
 
 
+def chain_info(path):
+    """qemu-img info of each image of @path's backing chain, top first."""
+    return json.loads(run("qemu-img", "info", "-U", "--backing-chain", "--output=json",
+                          path).stdout)
+
+
+# The passphrase of the LUKS-encrypted images a test made (one per test; set
+# and cleared by the test): qemu-img reads them, and the images above them,
+# only with it.
+PASSPHRASE = None
+
+
+def key_args(image):
+    """The arguments that let qemu-img open @image when a layer of its chain
+    is encrypted, and @image's part of them: (['--object', ...], opts); or
+    None.  With them every image on the command line is an option string
+    (--image-opts)."""
+    if not PASSPHRASE:
+        return None
+    layers = [i for i, x in enumerate(chain_info(image)) if x.get("encrypted")]
+    if not layers:
+        return None
+    args = ["--object", "secret,id=key,data=%s" % PASSPHRASE, "--image-opts"]
+    opts = ["driver=qcow2", "file.filename=" + image.replace(",", ",,")]
+    opts += ["backing." * i + "encrypt.key-secret=key" for i in layers]
+    return args, ",".join(opts)
+
+
 def image_chain(path, data_files=False):
     """The files of an image's backing chain, top first, as qemu-img sees it;
     with @data_files, each qcow2 image's external data file follows it."""
-    out = run("qemu-img", "info", "-U", "--backing-chain", "--output=json",
-              path).stdout
     files = []
-    for i in json.loads(out):
+    for i in chain_info(path):
         files.append(i["filename"])
         data = i.get("format-specific", {}).get("data", {}).get("data-file")
         if data_files and data:
@@ -183,7 +209,8 @@ def create_image(path, backing=None, size=DISK_SIZE):
 class TestDomain:
     """A persistent domain with qcow2 disks in its own directory."""
 
-    def __init__(self, conn, name, workdir, disks=("vda",), images=None, formats=None):
+    def __init__(self, conn, name, workdir, disks=("vda",), images=None, formats=None,
+                 secrets=None):
         self.conn = conn
         self.name = name
         self.dir = workdir
@@ -191,15 +218,20 @@ class TestDomain:
         os.makedirs(self.dir, exist_ok=True)
         images = images or {}
         formats = formats or {}
+        secrets = secrets or {}         # target -> uuid of its LUKS passphrase
         xml_disks = []
         for d in self.disks:
             path = images.get(d) or create_image(
                 os.path.join(self.dir, "%s-%s.qcow2" % (name, d)))
+            enc = ""
+            if d in secrets:
+                enc = ("<encryption format='luks'><secret type='passphrase' uuid='%s'/>"
+                       "</encryption>" % secrets[d])
             xml_disks.append(
                 "<disk type='file' device='disk'>"
                 "<driver name='qemu' type='%s'/>"
-                "<source file='%s'/><target dev='%s' bus='virtio'/>"
-                "</disk>" % (formats.get(d, "qcow2"), escape(path), d))
+                "<source file='%s'>%s</source><target dev='%s' bus='virtio'/>"
+                "</disk>" % (formats.get(d, "qcow2"), escape(path), enc, d))
         xml = ("<domain type='qemu'><name>%s</name>"
                "<memory unit='MiB'>64</memory><vcpu>1</vcpu>"
                "<os><type arch='x86_64' machine='pc'>hvm</type></os>"
@@ -567,8 +599,15 @@ class Oracle:
         return sorted(s["name"] for s in json.loads(out).get("snapshots", []))
 
     def _compare(self, what, image, slots):
-        p = run("qemu-img", "compare", "-U", "-f", image_format(image), "-F", "raw",
-                image, self._reference(slots), check=False)
+        keyed = key_args(image)
+        if keyed:
+            args, opts = keyed
+            p = run("qemu-img", "compare", "-U", *args, opts,
+                    "driver=raw,file.filename=" + self._reference(slots).replace(",", ",,"),
+                    check=False)
+        else:
+            p = run("qemu-img", "compare", "-U", "-f", image_format(image), "-F", "raw",
+                    image, self._reference(slots), check=False)
         assert p.returncode == 0, "%s (%s) does not hold what the model says:\n%s" % (
             what, image, p.stdout)
 
@@ -748,7 +787,11 @@ class Oracle:
                 return []
         spec = {"driver": "qcow2", "backing": None,
                 "file": {"driver": "file", "filename": path}}
-        p = run("qemu-img", "check", "-U", "json:" + json.dumps(spec), check=False)
+        args = []
+        if PASSPHRASE and chain_info(path)[0].get("encrypted"):
+            spec["encrypt"] = {"key-secret": "key"}
+            args = ["--object", "secret,id=key,data=%s" % PASSPHRASE]
+        p = run("qemu-img", "check", "-U", *args, "json:" + json.dumps(spec), check=False)
         assert p.returncode == 0, "qemu-img check %s:\n%s" % (path, p.stdout)
         found = self.internal_snapshots(path)
         self.checked[path] = (stamp, found)
