@@ -27,12 +27,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import libvirt
 import pytest
 from lxml import etree
 
+from faults import wait_until
 from harness import error_of, virsh
 
 ARTIFACTS = os.environ.get("SNAPDEL_VMGR_ARTIFACTS",
@@ -53,16 +53,11 @@ TIMEOUT = 40
 
 
 def wait_for(what, cond, timeout=TIMEOUT):
-    """Poll cond() until it returns something true, and return that."""
-    end = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        if time.monotonic() > end:
-            raise AssertionError("timed out after %d s waiting for %s" % (timeout, what))
-        time.sleep(0.1)
+    """faults.wait_until(), with the AT-SPI events dispatched between polls."""
+    def pumped():
         pump()
+        return cond()
+    return wait_until(pumped, what, timeout, 0.1)
 
 
 def pump():
