@@ -99,11 +99,12 @@ def make_domain(conn, workdir, request):
     images there.  @live: target -> the SLOTS patterns the disk holds.
     @formats: target -> its image's format (qcow2 if not given); @imgdir:
     another directory for the images; @secrets: target -> the uuid of the
-    secret holding its LUKS image's passphrase (harness.PASSPHRASE)."""
+    secret holding its LUKS image's passphrase (harness.PASSPHRASE); @qmp:
+    the path of a second QMP monitor QEMU listens on (harness.Qmp)."""
     made = []
 
     def make(disks=("vda",), images=None, live=None, running=False, suffix="",
-             formats=None, imgdir=None, secrets=None):
+             formats=None, imgdir=None, secrets=None, qmp=None):
         name = "e2e-" + short_name(request.node.nodeid) + ("-" + suffix if suffix else "")
         imgdir = imgdir or os.path.join(workdir, "img" + ("-" + suffix if suffix else ""))
         old = None
@@ -118,7 +119,7 @@ def make_domain(conn, workdir, request):
         if callable(images):
             os.makedirs(imgdir, exist_ok=True)
             images = images(imgdir)
-        td = TestDomain(conn, name, imgdir, disks, images, formats, secrets)
+        td = TestDomain(conn, name, imgdir, disks, images, formats, secrets, qmp)
         made.append(td)
         oracle = Oracle(td, os.path.join(workdir, "ref"), live)
         if running:

@@ -5,10 +5,12 @@ the journal, and waiting for a restarted daemon to finish a delete.
 See test_delete_resume.py for how the holds work and why they are exact.
 """
 
+import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -17,7 +19,7 @@ import libvirt
 import pytest
 from lxml import etree
 
-from harness import DELETE_CHILDREN, run, short_name
+from harness import DELETE_CHILDREN, disk_alias, run, short_name
 
 TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DAEMON = os.path.join(TOP, "scripts", "daemon.sh")
@@ -564,3 +566,58 @@ def hold_monitor_write(td, deleter, nth, delay, workdir):
         st.detach()
         raise
     return st, sock, m.group(1), m.group(2)
+
+
+# -- a second QMP monitor -------------------------------------------------------
+
+class Qmp:
+    """A client of the second QMP monitor of a domain made with
+    make_domain(qmp=PATH): it reaches QEMU while the daemon is held."""
+
+    def __init__(self, path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        wait_until(lambda: self._connect(path), "QEMU's second monitor at %s" % path)
+        self.f = self.sock.makefile("rwb")
+        self.events = []
+        greeting = json.loads(self.f.readline())
+        assert "QMP" in greeting, greeting
+        self.execute("qmp_capabilities")
+
+    def _connect(self, path):
+        try:
+            self.sock.connect(path)
+            return True
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+
+    def execute(self, command, **arguments):
+        msg = {"execute": command}
+        if arguments:
+            msg["arguments"] = arguments
+        self.f.write(json.dumps(msg).encode() + b"\n")
+        self.f.flush()
+        while True:
+            line = self.f.readline()
+            assert line, "QEMU closed its second monitor during %s" % command
+            reply = json.loads(line)
+            if "event" in reply:
+                self.events.append(reply)
+                continue
+            assert "error" not in reply, "%s: %s" % (command, reply["error"])
+            return reply["return"]
+
+    def qemu_io(self, target, command):
+        """qemu-io @command on the guest's disk @target, then a flush; the
+        write goes where the disk's device writes."""
+        dev = "/machine/peripheral/%s/virtio-backend" % disk_alias(target)
+        for cmd in (command, "flush"):
+            out = self.execute("human-monitor-command",
+                               **{"command-line": 'qemu-io -d %s "%s"' % (dev, cmd)})
+            assert not out.strip(), "qemu-io %s on %s: %s" % (cmd, target, out)
+
+    def close(self):
+        try:
+            self.f.close()
+            self.sock.close()
+        except OSError:
+            pass

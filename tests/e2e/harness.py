@@ -210,7 +210,7 @@ class TestDomain:
     """A persistent domain with qcow2 disks in its own directory."""
 
     def __init__(self, conn, name, workdir, disks=("vda",), images=None, formats=None,
-                 secrets=None):
+                 secrets=None, qmp=None):
         self.conn = conn
         self.name = name
         self.dir = workdir
@@ -232,12 +232,20 @@ class TestDomain:
                 "<driver name='qemu' type='%s'/>"
                 "<source file='%s'>%s</source><target dev='%s' bus='virtio'/>"
                 "</disk>" % (formats.get(d, "qcow2"), escape(path), enc, d))
-        xml = ("<domain type='qemu'><name>%s</name>"
+        # a second QMP monitor, for tests that act on QEMU while the daemon
+        # is held (the domain is then tainted as custom-monitor)
+        extra = ""
+        if qmp:
+            extra = ("<qemu:commandline><qemu:arg value='-qmp'/>"
+                     "<qemu:arg value='unix:%s,server=on,wait=off'/></qemu:commandline>"
+                     % escape(qmp.replace(",", ",,")))
+        xml = ("<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>"
+               "<name>%s</name>"
                "<memory unit='MiB'>64</memory><vcpu>1</vcpu>"
                "<os><type arch='x86_64' machine='pc'>hvm</type></os>"
                "<devices><emulator>/usr/bin/qemu-system-x86_64</emulator>%s"
-               "<memballoon model='none'/></devices></domain>"
-               % (name, "".join(xml_disks)))
+               "<memballoon model='none'/></devices>%s</domain>"
+               % (name, "".join(xml_disks), extra))
         self.dom = conn.defineXML(xml)
         self.last_revert = 0
 

@@ -7,7 +7,11 @@ the command:
 
   block-commit      the first one: no merge has started in QEMU
   job-finalize /    the first disk's: its commit is ready but not finished
-  job-complete
+  job-complete      (for an active commit, job-finalize comes after
+                    job-complete: QEMU has made the base a copy of the top
+                    and waits with the guest's writes on hold; the journal
+                    marks the merge synced, and the resume points the disk
+                    at the base instead of merging again)
   2nd job-finalize  vda's merge is finished (QEMU rewrote the header above
   2nd job-complete  it, or libvirt moved vda's saved definition onto the
                     base at the pivot), vdb's is not; for an active commit
@@ -60,9 +64,11 @@ QEMU_KILLS = [
     ("s2", "job-finalize", 9, True),
     ("s3", "block-commit", 1, False),
     ("s3", "job-complete", 4, False),
-    ("s3", "job-complete", 12, True),
+    ("s3", "job-finalize", 5, False),
+    ("s3", "job-complete", 13, True),
     ("children", "block-commit", 1, False),
-    ("children", "job-complete", 16, True),
+    ("children", "job-finalize", 5, False),
+    ("children", "job-complete", 17, True),
 ]
 
 

@@ -32,7 +32,7 @@ sleep:
   its n-th write to the domain's monitor socket (-P socket:[inode]), which
   must be the expected QMP command.  Points: every QMP command the delete
   sends, at its first occurrence, plus the second disk's finishing commands
-  (ONLINE_POINTS lists them: 25 points).  Each point in mode 'unread', the
+  (ONLINE_POINTS lists them: 29 points).  Each point in mode 'unread', the
   ones that change QEMU's state also in mode 'done':
 
     unread  held before the write; QEMU is SIGSTOPped, strace detached, and
@@ -49,7 +49,7 @@ Shapes: delete the middle snapshot s2, the current snapshot s3, and
 --children on the root s1 (a subtree holding the current snapshot), of
 s1 -> s2 -> s3 on vda + vdb with writes before every snapshot and over saved
 data afterwards.  Shut off, every shape runs at every point that exists for
-it (13 cases); running, 25 points in 'unread' and 11 in 'done' mode (36
+it (13 cases); running, 29 points in 'unread' and 15 in 'done' mode (44
 cases).  Branched trees (test_delete_branched's): s2 merged off the live
 chain by qemu-img, shut off and running, and --children on the current
 s1 of a branched tree, merged by QEMU when running; and a mixed tree
@@ -60,6 +60,11 @@ and the snapshot list is the model's, checks that the daemon resumed from
 the phase the kill point implies, proves every invariant with the oracle,
 writes to every disk and proves them again.  The whole file takes about
 six and a half minutes on 2 CPUs.
+
+The pivot window (test_pivot_window): QEMU switches a disk to its merged
+image and the guest writes there while the daemon is held before it reads
+QEMU's answer; QEMU and the daemon are killed, and the resume must keep the
+guest's newest data.
 
 Also: what 'virsh domjobinfo' and virDomainGetJobStats report while a delete
 is held, and a delete whose resume at daemon start cannot finish (an image is
@@ -87,7 +92,8 @@ from faults import (
     OFFLINE_POINTS, PHASE, SHAPES, Deleter, Log, alive, chain, daemon_pid, hold_monitor_write,
     interrupt_offline, journal, kill_daemon, proven, qemu_pid, recv_queue, resume_lines,
     start_daemon, wait_resumed, wait_until)
-from harness import DELETE_CHILDREN, create_image, error_of, files_state, run, stamp
+from harness import (
+    DELETE_CHILDREN, SLOT, create_image, disk_alias, error_of, files_state, run, stamp)
 import test_delete_branched as branched
 import test_delete_mixed as mixed
 
@@ -301,8 +307,10 @@ def test_start_refused_while_delete_cannot_finish(make_domain, workdir):
 #   s2:       block-commit x2, then per disk job-finalize, query-jobs,
 #             job-dismiss, query-named-block-nodes, blockdev-del x2
 #   s3:       block-commit x2, then per disk transaction (bitmaps),
-#             job-complete, query-jobs, job-dismiss, query-named-block-nodes,
-#             transaction, blockdev-del x2
+#             job-complete, job-finalize (libvirt finalizes the active
+#             commit once QEMU waits in 'pending' with the base in sync),
+#             query-jobs, job-dismiss, query-named-block-nodes, transaction,
+#             blockdev-del x2
 #   children: as s3, with blockdev-del x6 (three images per disk)
 # Each first occurrence is a point, and vdb's job-finalize/job-complete and
 # job-dismiss (vda is done by then); the commands in between only repeat
@@ -313,14 +321,16 @@ ONLINE_POINTS = {
            ("query-named-block-nodes", 6, False), ("blockdev-del", 7, False),
            ("job-finalize", 9, True), ("job-dismiss", 11, False)],
     "s3": [("block-commit", 1, True), ("transaction", 3, False),
-           ("job-complete", 4, True), ("query-jobs", 5, False),
-           ("job-dismiss", 6, True), ("query-named-block-nodes", 7, False),
-           ("transaction", 8, False), ("blockdev-del", 9, False),
-           ("job-complete", 12, True), ("job-dismiss", 14, False)],
+           ("job-complete", 4, True), ("job-finalize", 5, True),
+           ("query-jobs", 6, False), ("job-dismiss", 7, True),
+           ("query-named-block-nodes", 8, False), ("transaction", 9, False),
+           ("blockdev-del", 10, False), ("job-complete", 13, True),
+           ("job-finalize", 14, True), ("job-dismiss", 16, False)],
     "children": [("block-commit", 1, True), ("transaction", 3, False),
-                 ("job-complete", 4, True), ("job-dismiss", 6, False),
-                 ("blockdev-del", 9, False), ("job-complete", 16, True),
-                 ("job-dismiss", 18, False)],
+                 ("job-complete", 4, True), ("job-finalize", 5, True),
+                 ("job-dismiss", 7, False), ("blockdev-del", 10, False),
+                 ("job-complete", 17, True), ("job-finalize", 18, True),
+                 ("job-dismiss", 20, False)],
 }
 
 
@@ -382,6 +392,69 @@ def test_kill_running(make_domain, workdir, shape, command, nth, mode):
     assert td.running(), "the domain did not survive the daemon's death"
     wait_resumed(td, o, log, "data")
     assert not [d for d in td.disks if td.dom.blockJobInfo(d, 0)], "a block job is left"
+    proven(o)
+
+
+# -- the pivot window -------------------------------------------------------------
+
+def test_pivot_window(make_domain, workdir):
+    """QEMU switches a disk to the base of its active commit, the guest
+    writes there, and QEMU and the daemon die before the daemon heard of
+    the switch: the resume must keep the guest's newest data, not copy the
+    old top over it.
+
+    Deleting the current s3 commits each disk's active layer into s2's
+    image.  The daemon's event loop is held right after it wrote vda's
+    job-finalize (the journal says vda is synced by then); QEMU switches vda
+    and answers.  Through a second QMP monitor the guest then writes over
+    slot 3, which the old top holds too; QEMU is SIGKILLed, then the daemon.
+    The restarted daemon finds QEMU gone and finishes the delete from the
+    journal: vda is pointed at its base (nothing copied), vdb, whose commit
+    had not been finalized, is committed again by qemu-img.  Copying vda's
+    top again, as a resume that does not know the base is newer would,
+    puts the old slot 3 back: the oracle sees it."""
+    path = "/tmp/snapdel-qmp-%d.sock" % os.getpid()
+    td, o = make_domain(disks=("vda", "vdb"), running=True, qmp=path)
+    for i, name in enumerate(["s1", "s2", "s3"]):
+        o.write_all(i)
+        o.snapshot(name)
+    o.write_all(3)
+    o.write_all(0)
+    old_top = td.top("vda")
+    qpid = qemu_pid(td)
+    qmp = faults.Qmp(path)
+    deleter = Deleter(td, "s3", 0)
+    try:
+        st, sock, written, _ = hold_monitor_write(td, deleter, 5, "delay_exit", workdir)
+        try:
+            assert written == "job-finalize", st.text()
+            synced = {m["disk"]: m.get("synced") for m in faults.journal_merges(td)}
+            assert synced == {"vda": "yes", "vdb": None}, synced
+            wait_until(lambda: recv_queue(sock) > 0, "QEMU to answer job-finalize")
+            files = [n["inserted"]["image"]["filename"] for n in qmp.execute("query-block")
+                     if n.get("qdev", "").endswith("/%s/virtio-backend" % disk_alias("vda"))]
+            assert len(files) == 1 and old_top not in files[0], "QEMU did not switch vda: %s" % files
+            o.pattern = o.pattern % 255 + 1
+            qmp.qemu_io("vda", "write -P %d %d %d" % (o.pattern, 3 * SLOT, SLOT))
+            o.live["vda"][3] = o.pattern
+            os.kill(qpid, signal.SIGKILL)
+            wait_until(lambda: not alive(qpid), "QEMU to die")
+            kill_daemon(daemon_pid(), release=st.release)
+        finally:
+            st.detach()
+        deleter.interrupted()
+    finally:
+        qmp.close()
+        if os.path.exists(path):
+            os.unlink(path)
+    log = Log()
+    start_daemon(td)
+    assert not td.running()
+    o.deleted("s3")
+    wait_resumed(td, o, log, "data")
+    o.check()
+    assert log.grep(r"went away while switching disk 'vda'"), log.tail()
+    assert not log.grep(r"went away while switching disk 'vdb'"), log.tail()
     proven(o)
 
 
