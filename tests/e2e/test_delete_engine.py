@@ -467,6 +467,57 @@ def test_abort_refused_while_merging(make_domain):
     assert "verification failed" not in out, out
 
 
+@pytest.mark.series
+def test_progress_while_shut_off(make_domain):
+    """Shut off, qemu-img merges: 'virsh domjobinfo' (virDomainGetJobStats
+    on a second connection) shows the bytes merged growing within the one
+    qemu-img commit of 512 MiB, from qemu-img's own progress, not only once
+    it finished; 'domjobinfo --completed' has all of it merged."""
+    def big(d):
+        return {"vda": create_image(os.path.join(d, "big.qcow2"), size=BIG)}
+
+    td, _ = make_domain(images=big, running=False)
+    own = td.top("vda")
+    td.snapshot("s1")
+    overlay = td.top("vda")
+    run("qemu-io", "-f", "qcow2", "-c", "write -P 0x5b 0 %d" % BIG, overlay)
+
+    other = libvirt.open(None)
+    dom = other.lookupByName(td.name)
+    result = {}
+
+    def delete():
+        result["error"] = error_or_none(td.delete, "s1")
+
+    worker = threading.Thread(target=delete)
+    worker.start()
+    progress = []
+    while worker.is_alive():
+        try:
+            stats = dom.jobStats(0)
+        except libvirt.libvirtError:
+            stats = {}
+        if stats.get("type") == libvirt.VIR_DOMAIN_JOB_UNBOUNDED and "data_total" in stats:
+            progress.append((stats["data_processed"], stats["data_remaining"],
+                             stats["data_total"]))
+        time.sleep(0.01)
+    worker.join()
+    other.close()
+
+    assert result["error"] is None, result["error"]
+    assert progress and all(t >= BIG and p + r == t for p, r, t in progress), progress
+    done = [p for p, _, _ in progress]
+    assert done == sorted(done), "the bytes merged went back: %s" % done
+    part = sorted({p for p in done if 0 < p < progress[0][2]})
+    assert len(part) >= 2, "domjobinfo showed no progress within the merge: %s" % progress
+    completed = td.dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+    assert completed["data_processed"] == completed["data_total"] == progress[-1][2], completed
+    assert td.dom.snapshotNum(0) == 0
+    assert td.top("vda") == own and not os.path.exists(overlay)
+    out = run("qemu-io", "-r", "-f", "qcow2", "-c", "read -P 0x5b 0 %d" % BIG, own).stdout
+    assert "verification failed" not in out, out
+
+
 def error_or_none(fn, *args):
     try:
         fn(*args)

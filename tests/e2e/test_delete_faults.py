@@ -283,13 +283,15 @@ def test_out_of_space_refuses_nothing_else(make_domain, small_fs):
     o.check()
 
 
-def test_unwritable_target_changes_nothing(make_domain, workdir):
-    """Shut off, the image a merge writes made immutable (chattr +i; root
-    ignores file modes): the delete fails naming the image and qemu-img's
-    reason, changes nothing, leaves no pending delete (the domain starts,
-    snapshots are created and reverted to); once the image is writable
-    again the same delete succeeds."""
-    td, o = chain(make_domain, running=False)
+@pytest.mark.parametrize("state", ["shutoff", "running"])
+def test_unwritable_target_changes_nothing(make_domain, workdir, state):
+    """The image a merge writes made immutable (chattr +i; root ignores file
+    modes): the delete fails naming the image and the reason (qemu-img's
+    when shut off; QEMU's, or DAC's, which cannot hand the image to QEMU,
+    when running), changes nothing, leaves no pending delete (the domain
+    starts, snapshots are created and reverted to); once the image is
+    writable again the same delete succeeds."""
+    td, o = chain(make_domain, running=state == "running")
     o.check()
     target = os.path.join(td.dir, "%s-vda.s1" % td.name)   # s2's saved image
     run("chattr", "+i", target)
@@ -303,7 +305,8 @@ def test_unwritable_target_changes_nothing(make_domain, workdir):
     finally:
         run("chattr", "-i", target)
     o.check()
-    td.start()
+    if not td.running():
+        td.start()
     o.write_all(5)
     o.snapshot("s4")
     o.revert("s3")
