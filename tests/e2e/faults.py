@@ -59,12 +59,23 @@ def qemu_pid(td):
 
 
 def alive(pid):
-    """Running, and not a zombie waiting for its parent."""
+    """Some thread of @pid has not exited yet.  A zombie waiting for its
+    parent is not alive, but a thread group whose leader is a zombie is
+    while its other threads still finish (a SIGKILLed QEMU's I/O threads):
+    until the last one exits the process keeps its files open, and with
+    them its locks on the images."""
     try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        tids = os.listdir("/proc/%d/task" % pid)
     except (FileNotFoundError, ProcessLookupError):
         return False
+    for tid in tids:
+        try:
+            with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                if f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                    return True
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return False
 
 
 def children(pid):
