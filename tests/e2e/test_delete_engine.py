@@ -405,24 +405,9 @@ def test_abort_refused_while_merging(make_domain):
     overlay = td.top("vda")
     td.fill("vda", 0x5a, BIG)
 
-    other = libvirt.open(None)
-    dom = other.lookupByName(td.name)
-    result = {}
+    aborts, jobs = [], []
 
-    def delete():
-        result["error"] = error_or_none(td.delete, "s1")
-
-    worker = threading.Thread(target=delete)
-    worker.start()
-    aborts, jobs, progress = [], [], []
-    while worker.is_alive():
-        try:
-            stats = dom.jobStats(0)
-        except libvirt.libvirtError:
-            stats = {}
-        if stats.get("type") == libvirt.VIR_DOMAIN_JOB_UNBOUNDED and "data_total" in stats:
-            progress.append((stats["data_processed"], stats["data_remaining"],
-                             stats["data_total"]))
+    def each(dom):
         try:
             dom.abortJob()
             aborts.append("aborted")
@@ -434,11 +419,10 @@ def test_abort_refused_while_merging(make_domain):
             info = None
         if info:
             jobs.append(info)
-        time.sleep(0.02)
-    worker.join()
-    other.close()
 
-    assert result["error"] is None, result["error"]
+    error, progress = delete_watched(td, "s1", each)
+
+    assert error is None, error
     assert "aborted" not in aborts, "an abort reported success: %s" % aborts
     refused = [a for a in aborts if "cannot abort the snapshot delete" in a]
     assert refused, "no abort reached the delete while it ran: %s" % aborts
@@ -482,12 +466,33 @@ def test_progress_while_shut_off(make_domain):
     overlay = td.top("vda")
     run("qemu-io", "-f", "qcow2", "-c", "write -P 0x5b 0 %d" % BIG, overlay)
 
+    error, progress = delete_watched(td, "s1")
+
+    assert error is None, error
+    assert progress and all(t >= BIG and p + r == t for p, r, t in progress), progress
+    done = [p for p, _, _ in progress]
+    assert done == sorted(done), "the bytes merged went back: %s" % done
+    part = sorted({p for p in done if 0 < p < progress[0][2]})
+    assert len(part) >= 2, "domjobinfo showed no progress within the merge: %s" % progress
+    completed = td.dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+    assert completed["data_processed"] == completed["data_total"] == progress[-1][2], completed
+    assert td.dom.snapshotNum(0) == 0
+    assert td.top("vda") == own and not os.path.exists(overlay)
+    out = run("qemu-io", "-r", "-f", "qcow2", "-c", "read -P 0x5b 0 %d" % BIG, own).stdout
+    assert "verification failed" not in out, out
+
+
+def delete_watched(td, name, each=None):
+    """Delete snapshot @name in the background while a second connection
+    asks virDomainGetJobStats ('virsh domjobinfo') again and again, and
+    calls @each(domain) each time.  Returns the delete's error (None) and
+    the (processed, remaining, total) bytes the statistics showed."""
     other = libvirt.open(None)
     dom = other.lookupByName(td.name)
     result = {}
 
     def delete():
-        result["error"] = error_or_none(td.delete, "s1")
+        result["error"] = error_or_none(td.delete, name)
 
     worker = threading.Thread(target=delete)
     worker.start()
@@ -500,22 +505,12 @@ def test_progress_while_shut_off(make_domain):
         if stats.get("type") == libvirt.VIR_DOMAIN_JOB_UNBOUNDED and "data_total" in stats:
             progress.append((stats["data_processed"], stats["data_remaining"],
                              stats["data_total"]))
-        time.sleep(0.01)
+        if each:
+            each(dom)
+        time.sleep(0.02)
     worker.join()
     other.close()
-
-    assert result["error"] is None, result["error"]
-    assert progress and all(t >= BIG and p + r == t for p, r, t in progress), progress
-    done = [p for p, _, _ in progress]
-    assert done == sorted(done), "the bytes merged went back: %s" % done
-    part = sorted({p for p in done if 0 < p < progress[0][2]})
-    assert len(part) >= 2, "domjobinfo showed no progress within the merge: %s" % progress
-    completed = td.dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
-    assert completed["data_processed"] == completed["data_total"] == progress[-1][2], completed
-    assert td.dom.snapshotNum(0) == 0
-    assert td.top("vda") == own and not os.path.exists(overlay)
-    out = run("qemu-io", "-r", "-f", "qcow2", "-c", "read -P 0x5b 0 %d" % BIG, own).stdout
-    assert "verification failed" not in out, out
+    return result["error"], progress
 
 
 def error_or_none(fn, *args):
