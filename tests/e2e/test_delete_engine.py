@@ -386,6 +386,18 @@ def test_delete_management_app(make_domain, state, flags):
 BIG = 512 * 1024 * 1024
 
 
+def big_snapshot(make_domain, running):
+    """A domain on one 512 MiB disk with snapshot s1: its own image and
+    the overlay s1 created."""
+    def big(d):
+        return {"vda": create_image(os.path.join(d, "big.qcow2"), size=BIG)}
+
+    td, _ = make_domain(images=big, running=running)
+    own = td.top("vda")
+    td.snapshot("s1")
+    return td, own, td.top("vda")
+
+
 @pytest.mark.series
 def test_abort_refused_while_merging(make_domain):
     """virDomainAbortJob ('virsh domjobabort'), asked again and again from
@@ -396,13 +408,7 @@ def test_abort_refused_while_merging(make_domain):
     delete went on.  'virsh blockjob --info' shows the commit meanwhile, and
     'virsh domjobinfo' the bytes merged so far, growing towards the total
     (11.3.0 showed only the time)."""
-    def big(d):
-        return {"vda": create_image(os.path.join(d, "big.qcow2"), size=BIG)}
-
-    td, _ = make_domain(images=big, running=True)
-    own = td.top("vda")
-    td.snapshot("s1")
-    overlay = td.top("vda")
+    td, own, overlay = big_snapshot(make_domain, running=True)
     td.fill("vda", 0x5a, BIG)
 
     aborts, jobs = [], []
@@ -457,13 +463,7 @@ def test_progress_while_shut_off(make_domain):
     on a second connection) shows the bytes merged growing within the one
     qemu-img commit of 512 MiB, from qemu-img's own progress, not only once
     it finished; 'domjobinfo --completed' has all of it merged."""
-    def big(d):
-        return {"vda": create_image(os.path.join(d, "big.qcow2"), size=BIG)}
-
-    td, _ = make_domain(images=big, running=False)
-    own = td.top("vda")
-    td.snapshot("s1")
-    overlay = td.top("vda")
+    td, own, overlay = big_snapshot(make_domain, running=False)
     run("qemu-io", "-f", "qcow2", "-c", "write -P 0x5b 0 %d" % BIG, overlay)
 
     error, progress = delete_watched(td, "s1")
