@@ -5,7 +5,9 @@
 #    work tree re-exports byte-identical to patches/ (nothing hand-edited);
 #  - a libvirt-style subject: 'component: [sub: ]Summary', at most 72 chars;
 #  - a body that explains why (not just a subject);
-#  - a Signed-off-by from the author.
+#  - a Signed-off-by from the author;
+#  - docs after the code they describe, NEWS last: once a 'docs: ' patch
+#    comes, only docs and NEWS follow, and the last patch is the NEWS one.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
@@ -13,6 +15,7 @@ errors=0
 bad() { echo "lint: $*" >&2; errors=$((errors + 1)); }
 
 mapfile -t listed < <(series_patches)
+seen_docs=
 for f in "$TOP"/patches/*.patch; do
     [ -e "$f" ] || continue
     # not printf | grep -q: grep may exit before printf is done, and
@@ -28,6 +31,14 @@ for f in "${listed[@]}"; do
     echo "$subj" | grep -qE '^[A-Za-z0-9_.-]+(: [A-Za-z0-9_.-]+)*: [A-Za-z]' ||
         bad "$n: subject '$subj' lacks a libvirt-style prefix ('qemu_snapshot: ', 'util: json: ', 'tests: ', 'docs: ')"
     [ ${#subj} -le 72 ] || bad "$n: subject is ${#subj} characters (keep it under 72)"
+    case $subj in
+    NEWS:*)
+        [ "$f" = "${listed[-1]}" ] || bad "$n: the NEWS patch must be the last one" ;;
+    docs:*)
+        seen_docs=$n ;;
+    *)
+        [ -z "$seen_docs" ] || bad "$n: comes after the docs patch $seen_docs; code and tests go before docs" ;;
+    esac
     author=$(sed -n 's/^From: \(.*\)$/\1/p' "$f" | head -1)
     # The body: after the headers' blank line, up to the '---' separator.
     body=$(awk 'h == 0 && /^$/ {h = 1; next} h == 1 && /^---$/ {exit} h == 1 {print}' "$f")
